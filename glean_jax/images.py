@@ -1,0 +1,154 @@
+"""Image reading and writing shared by every command.
+
+``read_rgb`` always returns ``uint8`` RGB ``(H, W, 3)``: grayscale is repeated to 3 channels, an alpha
+channel is dropped with a warning, 16-bit images are scaled to 8 bits, palette images are expanded.
+Every failure is a :class:`UserError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from glean_jax.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Refuse absurd images before decoding them (PIL's own bomb check only warns below 2x its limit).
+MAX_PIXELS = 16384 * 16384
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as uint8 RGB (H, W, 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty (0 bytes); expected an image")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"{path}: image is {w}x{h}, larger than the {MAX_PIXELS} pixel limit")
+            im.load()
+            arr = _to_rgb_uint8(im, path)
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot decode image ({e}); expected a valid PNG/JPEG/WebP/BMP file") from e
+    return arr
+
+
+def _to_rgb_uint8(im: Image.Image, path: Path) -> np.ndarray:
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        warnings.warn(f"{path}: alpha channel dropped", stacklevel=3)
+        im = im.convert("RGB" if mode != "LA" and mode != "La" else "L")
+        mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        maxval = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(np.round(a * (255.0 / maxval)), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(im)
+        a = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode in ("L", "1"):
+        a = np.asarray(im.convert("L"))
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode != "RGB":
+        im = im.convert("RGB")
+    a = np.asarray(im)
+    if a.dtype != np.uint8:
+        a = np.clip(np.round(a), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def list_images(inputs: Iterable[str | os.PathLike], what: str = "input") -> list[Path]:
+    """Expands files and folders (non-recursive, sorted) into a list of image files."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise UserError(f"{p}: folder holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(files)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"{p}: no such {what} file or folder")
+    return out
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Model output in [-1, 1] (any float dtype) -> uint8 the way mmagic does: x*127.5+127.5, clip, round."""
+    return np.clip(np.round(np.asarray(img, np.float32) * 127.5 + 127.5), 0, 255).astype(np.uint8)
+
+
+def normalize(img_uint8: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 in [-1, 1], as mmagic's DataPreprocessor (mean = std = 127.5)."""
+    return (np.asarray(img_uint8, np.float32) - 127.5) / 127.5
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file in the same folder (no partial files)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_png(path: str | os.PathLike, img_uint8: np.ndarray) -> None:
+    """Writes uint8 (H, W, 3) as PNG atomically."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img_uint8, np.uint8)).save(buf, format="PNG")
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def write_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Writes a .npy file atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr))
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tiles uint8 (N, H, W, 3) into one uint8 image with ``pad`` black pixels between tiles."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    ncol = nrow or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncol))
+    grid = np.zeros((nrows * (h + pad) + pad, ncol * (w + pad) + pad, c), images.dtype)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        grid[y:y + h, x:x + w] = images[i]
+    return grid
