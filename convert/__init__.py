@@ -1,0 +1,1 @@
+"""Converters between PyTorch checkpoints (mmagic, torchvision) and glean-jax checkpoints."""
