@@ -1,0 +1,237 @@
+"""Convert mmagic checkpoints to glean-jax checkpoints.
+
+    python -m convert.mmagic SRC.pth OUT_DIR [--prefix P] [--allow-pickle] [--overwrite]
+
+Detects what ``SRC.pth`` holds:
+
+* an mmagic StyleGAN2 model checkpoint (``state_dict`` with ``generator.*``, ``generator_ema.*``,
+  ``discriminator.*``, e.g. the official config-f weights converted by mmagic): the generator is taken from
+  ``generator_ema`` (or ``--prefix``), the discriminator is kept;
+* a released GLEAN restorer checkpoint (``generator.<GLEAN>``, ``discriminator.*``, ``perceptual_loss.*``) or a bare
+  ``GLEANStyleGANv2`` state_dict: the GLEAN generator (with its latent bank and fixed noise) and the discriminator;
+* a bare ``StyleGAN2Generator`` or ``StyleGAN2Discriminator`` state_dict.
+
+Architectures are inferred from the tensor shapes; every key is converted or deliberately dropped (the non-EMA
+generator of a StyleGAN2 checkpoint, the VGG of the perceptual loss, the regenerated FIR kernels), every shape is
+checked. Output: ``OUT_DIR/model.json`` + ``OUT_DIR/variables`` (see :mod:`glean_jax.checkpoint`), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from convert import mapping
+from convert.torch_io import load_torch_state
+from glean_jax.checkpoint import prepare_output_dir, save_model
+from glean_jax.errors import UserError, cli_entry
+from glean_jax.models import build as model_build
+
+
+def _max_index(state: dict, pattern: str) -> int:
+    """1 + the largest captured index of keys matching ``pattern`` (0 if none)."""
+    idx = [int(m.group(1)) for k in state for m in [re.fullmatch(pattern, k)] if m]
+    return max(idx) + 1 if idx else 0
+
+
+def _channel_multiplier(channels: int, res: int, source: str, key: str) -> int:
+    """Inverts C[res] = cm * 16384 / res (valid for res >= 64)."""
+    cm = channels * res / 16384
+    if cm < 1 or cm != int(cm):
+        raise UserError(f"{source}: {key} has {channels} channels at {res}x{res}, which matches no StyleGAN2 "
+                        "channel_multiplier (expected cm * 16384 / res)")
+    return int(cm)
+
+
+def _require(state: dict, key: str, source: str, what: str) -> np.ndarray:
+    if key not in state:
+        raise UserError(f"{source}: missing key {key!r}; expected a {what}")
+    return state[key]
+
+
+def infer_generator_arch(state: dict, source: str, prefix: str = "") -> dict:
+    """Architecture of a StyleGAN2Generator from its (``prefix``-stripped) keys."""
+    p = re.escape(prefix)
+    _require(state, prefix + "constant_input.input", source, "StyleGAN2 generator")
+    n_blocks = _max_index(state, p + r"to_rgbs\.(\d+)\.bias")
+    out_size = 2 ** (n_blocks + 2)
+    if n_blocks < 1 or out_size > 1024:
+        raise UserError(f"{source}: found {n_blocks} to_rgbs blocks; expected 1..8 (output 8..1024)")
+    style = _require(state, prefix + "conv1.conv.style_modulation.linear.weight_orig", source, "StyleGAN2 generator")
+    cm = 2
+    if out_size >= 64:
+        key = prefix + "convs.6.conv.weight_orig"
+        cm = _channel_multiplier(int(_require(state, key, source, "StyleGAN2 generator").shape[1]), 64, source, key)
+    return {"out_size": out_size, "style_channels": int(style.shape[1]),
+            "num_mlps": _max_index(state, p + r"style_mapping\.(\d+)\.bias") - 1,
+            "channel_multiplier": cm, "lr_mlp": 0.01}
+
+
+def infer_discriminator_arch(state: dict, source: str, prefix: str = "") -> dict:
+    p = re.escape(prefix)
+    key = prefix + "convs.0.0.conv.weight_orig"
+    first = _require(state, key, source, "StyleGAN2 discriminator")
+    n_blocks = _max_index(state, p + r"convs\.(\d+)\.conv1\.0\.conv\.weight_orig") - 1
+    in_size = 2 ** (n_blocks + 2)
+    if n_blocks < 1 or in_size > 1024:
+        raise UserError(f"{source}: found {n_blocks} discriminator ResBlocks; expected 1..8 (input 8..1024)")
+    cm = _channel_multiplier(int(first.shape[0]), in_size, source, key) if in_size >= 64 else 2
+    return {"in_size": in_size, "channel_multiplier": cm}
+
+
+def _expected(kind: str, arch: dict) -> dict[str, tuple[int, ...]]:
+    module = model_build.build(kind, arch)
+    shapes = model_build.variable_shapes(kind, module)
+    return {p: tuple(s.shape) for p, s in mapping.flatten_paths(shapes).items()}
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def convert_generator(state: dict, source: str) -> tuple[dict, dict]:
+    arch = infer_generator_arch(state, source)
+    return arch, mapping.torch_to_flax(state, mapping.GENERATOR_RULES, _expected("stylegan2_generator", arch), source)
+
+
+def convert_discriminator(state: dict, source: str) -> tuple[dict, dict]:
+    arch = infer_discriminator_arch(state, source)
+    return arch, mapping.torch_to_flax(state, mapping.DISCRIMINATOR_RULES,
+                                       _expected("stylegan2_discriminator", arch), source)
+
+
+def convert_glean(state: dict, source: str) -> tuple[dict, dict]:
+    """A bare GLEANStyleGANv2 state_dict -> (arch, variables)."""
+    from convert import glean_rules
+
+    arch = glean_rules.infer_glean_arch(state, source)
+    return arch, mapping.torch_to_flax(state, glean_rules.glean_rules(arch), _expected("glean", arch), source)
+
+
+def detect(state: dict) -> str:
+    """What a state_dict holds: 'stylegan2_model', 'glean_restorer', 'glean', 'stylegan2_generator',
+    'stylegan2_discriminator' or 'unknown'."""
+    tops = {k.split(".", 1)[0] for k in state}
+    if "encoder" in tops and "generator" in tops:
+        return "glean"
+    if any(k.startswith("generator.encoder.") for k in state):
+        return "glean_restorer"
+    if tops & {"generator_ema", "generator", "discriminator"}:
+        return "stylegan2_model"
+    if "constant_input" in tops:
+        return "stylegan2_generator"
+    if "final_linear" in tops:
+        return "stylegan2_discriminator"
+    return "unknown"
+
+
+def convert_state(state: dict, source: str, prefix: str | None = None) -> tuple[dict, dict, list[str]]:
+    """Returns (meta, variables, notes) for a loaded state_dict."""
+    what = detect(state)
+    notes: list[str] = []
+    meta: dict = {"source": {"file": Path(source).name, "detected": what}}
+    variables: dict = {}
+    if prefix is not None:
+        if not any(k.startswith(prefix + ".") for k in state):
+            tops = sorted({k.split(".", 1)[0] for k in state})
+            raise UserError(f"{source}: no keys start with prefix {prefix + '.'!r}; top-level names are {tops}")
+    if what == "unknown":
+        tops = sorted({k.split(".", 1)[0] for k in state})[:8]
+        raise UserError(f"{source}: not an mmagic StyleGAN2 or GLEAN checkpoint (top-level key names {tops}; expected "
+                        "generator/generator_ema/discriminator, a GLEANStyleGANv2 or a StyleGAN2 module state_dict)")
+    if what in ("stylegan2_model", "stylegan2_generator", "stylegan2_discriminator"):
+        meta["kind"] = "stylegan2"
+        if what == "stylegan2_model":
+            gprefix = prefix or ("generator_ema" if any(k.startswith("generator_ema.") for k in state)
+                                 else "generator")
+            gstate = _strip(state, gprefix)
+            if not gstate:
+                raise UserError(f"{source}: no generator keys (looked for prefix {gprefix!r})")
+            dstate = _strip(state, "discriminator") if gprefix != "discriminator" else {}
+            used = {gprefix, "discriminator"}
+            dropped = sorted({k.split(".", 1)[0] for k in state} - used)
+            for name in dropped:
+                notes.append(f"dropped {sum(k.startswith(name + '.') for k in state)} keys under {name!r}")
+            meta["source"]["prefix"] = gprefix
+        else:
+            gstate = state if what == "stylegan2_generator" else {}
+            dstate = state if what == "stylegan2_discriminator" else {}
+        meta["generator"] = meta["discriminator"] = None
+        if gstate:
+            arch, variables["generator"] = convert_generator(gstate, f"{source} [{meta['source'].get('prefix', '')}]"
+                                                             if what == "stylegan2_model" else source)
+            meta["generator"] = {"kind": "stylegan2_generator", **arch}
+        if dstate:
+            arch, variables["discriminator"] = convert_discriminator(dstate, source)
+            meta["discriminator"] = {"kind": "stylegan2_discriminator", **arch}
+        return meta, variables, notes
+    # GLEAN
+    meta["kind"] = "glean"
+    if what == "glean_restorer":
+        gprefix = prefix or "generator"
+        gstate = _strip(state, gprefix)
+        dstate = _strip(state, "discriminator")
+        for name in sorted({k.split(".", 1)[0] for k in state} - {gprefix, "discriminator"}):
+            notes.append(f"dropped {sum(k.startswith(name + '.') for k in state)} keys under {name!r}")
+        meta["source"]["prefix"] = gprefix
+    else:
+        gstate, dstate = state, {}
+    arch, variables["generator"] = convert_glean(gstate, source)
+    meta["generator"] = {"kind": "glean", **arch}
+    meta["discriminator"] = None
+    if dstate:
+        arch, variables["discriminator"] = convert_discriminator(dstate, source)
+        meta["discriminator"] = {"kind": "stylegan2_discriminator", **arch}
+    return meta, variables, notes
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_file(src: str | Path, out_dir: str | Path, prefix: str | None = None, allow_pickle: bool = False,
+                 overwrite: bool = False) -> tuple[dict, list[str]]:
+    """Converts ``src`` into the model directory ``out_dir``; returns (meta, notes)."""
+    prepare_output_dir(out_dir, overwrite)   # fail before the (slow) load if the output is unusable
+    state = load_torch_state(src, allow_pickle=allow_pickle)
+    meta, variables, notes = convert_state(state, str(src), prefix)
+    meta["source"]["sha256"] = _sha256(Path(src))
+    save_model(out_dir, meta, variables, overwrite=overwrite)
+    return meta, notes
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m convert.mmagic", description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="mmagic checkpoint (.pth)")
+    ap.add_argument("out_dir", help="output model directory (must be new or empty)")
+    ap.add_argument("--prefix", default=None,
+                    help="key prefix of the generator to take (default: generator_ema for StyleGAN2 checkpoints, "
+                         "generator for GLEAN restorer checkpoints)")
+    ap.add_argument("--allow-pickle", action="store_true",
+                    help="load legacy pickled checkpoints that need arbitrary code (only for files you trust)")
+    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    meta, notes = convert_file(args.src, args.out_dir, args.prefix, args.allow_pickle, args.overwrite)
+    for n in notes:
+        print(f"note: {n}")
+    parts = [f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items() if a != "kind")
+             for k, v in (("generator", meta.get("generator")), ("discriminator", meta.get("discriminator"))) if v]
+    print(f"converted {meta['source']['detected']} -> {args.out_dir} ({'; '.join(parts)}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_entry(main)

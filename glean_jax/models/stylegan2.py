@@ -1,0 +1,335 @@
+"""StyleGAN2 generator (GLEAN's latent bank) and discriminator, equal to mmagic 1.2.0's
+``StyleGAN2Generator`` / ``StyleGAN2Discriminator`` (config-f), NHWC.
+
+Parameters are float32 and raw (mmagic's ``weight_orig``); the equalised-learning-rate scale
+``lr_mul / sqrt(fan_in)`` is applied at run time, so a converted checkpoint is a pure re-layout of mmagic's.
+``dtype`` selects the compute dtype (float32, bfloat16, float16). ``fp16_enabled`` reproduces mmagic's
+``fp16_enabled=True`` numerics (weight/style pre-normalisation in demodulated convs and the +-256 output clamps);
+it changes the function (spec §5.5) and is only meant for the fp16 seed configs.
+
+Variable collections: ``params`` (trainable) and ``buffers`` (the generator's fixed ``injected_noise_i`` maps,
+shape (1, r, r, 1)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from glean_jax.models import ops
+
+Dtype = Any
+
+
+def stylegan2_channels(channel_multiplier: int = 2) -> dict[int, int]:
+    """mmagic's StyleGAN2 channel table ``C[r]`` (512 up to 32x32, then ``cm * 256 / (r / 64)``)."""
+    cm = channel_multiplier
+    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
+            1024: 16 * cm}
+
+
+def check_size(size: int, what: str = "size") -> int:
+    """Validates a StyleGAN2 resolution (power of two, 8..1024); returns log2(size)."""
+    if not isinstance(size, int) or size < 8 or size > 1024 or size & (size - 1):
+        raise ValueError(f"{what} must be a power of two between 8 and 1024, got {size!r}")
+    return int(math.log2(size))
+
+
+def noise_resolutions(out_size: int) -> list[int]:
+    """Resolution of each ``injected_noise_i`` buffer: ``2 ** ((i + 5) // 2)`` for i < num_latents - 1."""
+    num_latents = 2 * int(math.log2(out_size)) - 2
+    return [2 ** ((i + 5) // 2) for i in range(num_latents - 1)]
+
+
+class EqualLinear(nn.Module):
+    """mmagic ``EqualLinearActModule``: ``x @ (W * lr_mul / sqrt(in))`` + ``bias * lr_mul``, optionally followed by
+    the fused bias leaky ReLU (x sqrt 2). Weight stored raw as (in, out) = ``linear.weight_orig.T``."""
+
+    features: int
+    lr_mul: float = 1.0
+    bias_init: float = 0.0
+    activate: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        w = self.param("weight", nn.initializers.normal(1.0 / self.lr_mul), (fan_in, self.features))
+        b = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, (w * (self.lr_mul / math.sqrt(fan_in))).astype(self.dtype))
+        bias = (b * self.lr_mul).astype(self.dtype)
+        if self.activate:
+            return ops.fused_leaky_relu(y, bias)
+        return y + bias
+
+
+class ModulatedConv2d(nn.Module):
+    """mmagic ``ModulatedConv2d`` (input-scale formulation, see :func:`ops.modulated_conv`)."""
+
+    out_channels: int
+    kernel_size: int = 3
+    demodulate: bool = True
+    upsample: bool = False
+    fp16_enabled: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
+        cin, k = x.shape[-1], self.kernel_size
+        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, cin, self.out_channels))
+        scale = 1.0 / math.sqrt(cin * k * k)
+        weight = weight * scale
+        style = style.astype(jnp.float32)
+        if self.fp16_enabled and self.demodulate:
+            # mmagic fp16: W * (1/sqrt(I k k)) / max|W| over (O, I, kh) -- one scale per kernel column kw -- and the
+            # style divided by its max |.| before the affine.
+            weight = weight * (scale / jnp.max(jnp.abs(weight), axis=(0, 2, 3), keepdims=True))
+            style = style / jnp.max(jnp.abs(style), axis=-1, keepdims=True)
+        s = EqualLinear(cin, bias_init=1.0, name="style_modulation")(style)
+        return ops.modulated_conv(x.astype(self.dtype), weight.astype(self.dtype), s,
+                                  demodulate=self.demodulate, upsample=self.upsample)
+
+
+class StyleConv(nn.Module):
+    """mmagic ``ModulatedStyleConv``: modulated conv, ``+ noise_weight * noise``, fused bias leaky ReLU."""
+
+    out_channels: int
+    upsample: bool = False
+    fp16_enabled: bool = False
+    conv_clamp: float = 256.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, style: jax.Array, noise: jax.Array | None) -> jax.Array:
+        y = ModulatedConv2d(self.out_channels, 3, upsample=self.upsample, fp16_enabled=self.fp16_enabled,
+                            dtype=self.dtype, name="conv")(x, style)
+        noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
+        if noise is not None:
+            y = y + noise_weight.astype(y.dtype) * noise.astype(y.dtype)
+        bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))
+        y = ops.fused_leaky_relu(y, bias)
+        if self.fp16_enabled:
+            y = jnp.clip(y, -self.conv_clamp, self.conv_clamp)
+        return y
+
+
+class ToRGB(nn.Module):
+    """mmagic ``ModulatedToRGB``: 1x1 modulated conv without demodulation, + bias, + FIR-upsampled skip."""
+
+    upsample: bool = True
+    out_channels: int = 3
+    fp16_enabled: bool = False
+    conv_clamp: float = 256.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, style: jax.Array, skip: jax.Array | None = None) -> jax.Array:
+        y = ModulatedConv2d(self.out_channels, 1, demodulate=False, fp16_enabled=self.fp16_enabled,
+                            dtype=self.dtype, name="conv")(x, style)
+        bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
+        y = y + bias.astype(y.dtype)
+        if self.fp16_enabled:
+            y = jnp.clip(y, -self.conv_clamp, self.conv_clamp)
+        if skip is not None:
+            if self.upsample:
+                skip = ops.upsample_fir(skip.astype(y.dtype))
+            y = y + skip.astype(y.dtype)
+        return y.astype(jnp.float32)
+
+
+class StyleGAN2Generator(nn.Module):
+    """mmagic ``StyleGAN2Generator`` (unconditional, config-f).
+
+    ``__call__(styles, ...)`` follows mmagic's ``forward``: ``styles`` is z (N, noise) -- or W / W+ with
+    ``input_is_latent`` -- or a list of two such arrays for style mixing at ``inject_index``; ``truncation`` < 1
+    interpolates toward ``truncation_latent``; ``noise`` is ``'random'`` (fresh N(0,1) maps from the ``'noise'`` rng),
+    ``'fixed'`` (the stored ``injected_noise_i`` buffers, mmagic's ``randomize_noise=False``), ``'none'``, or a list of
+    arrays. Returns the RGB image (N, H, W, 3) float32 in the model's [-1, 1] range (not clipped).
+    """
+
+    out_size: int
+    style_channels: int = 512
+    num_mlps: int = 8
+    channel_multiplier: int = 2
+    lr_mlp: float = 0.01
+    fp16_enabled: bool = False
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        log_size = check_size(self.out_size, "out_size")
+        ch = stylegan2_channels(self.channel_multiplier)
+        self.num_latents = 2 * log_size - 2
+        kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
+        # Index 0 is mmagic's PixelNorm (no parameters), so the layers are named style_mapping_1..num_mlps.
+        self.style_mapping = [None] + [EqualLinear(self.style_channels, lr_mul=self.lr_mlp, activate=True)
+                                       for _ in range(self.num_mlps)]
+        self.constant_input = self.param("constant_input", nn.initializers.normal(1.0), (1, 4, 4, ch[4]))
+        self.conv1 = StyleConv(ch[4], **kw)
+        self.to_rgb1 = ToRGB(upsample=False, **kw)
+        convs, to_rgbs = [], []
+        for i in range(3, log_size + 1):
+            convs += [StyleConv(ch[2 ** i], upsample=True, **kw), StyleConv(ch[2 ** i], **kw)]
+            to_rgbs.append(ToRGB(upsample=True, **kw))
+        self.convs = convs
+        self.to_rgbs = to_rgbs
+        self.injected_noise = [
+            self.variable("buffers", f"injected_noise_{i}",
+                          lambda r=r: jax.random.normal(self.make_rng("params"), (1, r, r, 1), jnp.float32))
+            for i, r in enumerate(noise_resolutions(self.out_size))]
+
+    def mapping(self, z: jax.Array) -> jax.Array:
+        """z (N, style_channels) -> W (N, style_channels): PixelNorm then the MLP."""
+        x = ops.pixel_norm(z.astype(jnp.float32))
+        for layer in self.style_mapping[1:]:
+            x = layer(x)
+        return x
+
+    def noise_maps(self, mode: str | Sequence[jax.Array], batch: int) -> list[jax.Array | None]:
+        """The per-layer noise inputs for ``mode`` ('fixed' | 'random' | 'none' | explicit list)."""
+        n = len(self.injected_noise)
+        if not isinstance(mode, str):
+            if len(mode) != n:
+                raise ValueError(f"expected {n} noise maps, got {len(mode)}")
+            return list(mode)
+        if mode == "fixed":
+            return [v.value for v in self.injected_noise]
+        if mode == "none":
+            return [None] * n
+        if mode == "random":
+            rng = self.make_rng("noise")
+            keys = jax.random.split(rng, n)
+            return [jax.random.normal(k, (batch,) + v.value.shape[1:], jnp.float32)
+                    for k, v in zip(keys, self.injected_noise, strict=True)]
+        raise ValueError(f"noise must be 'fixed', 'random', 'none' or a list of arrays, got {mode!r}")
+
+    def synthesis(self, latent: jax.Array, noise: str | Sequence[jax.Array] = "fixed") -> jax.Array:
+        """W+ latents (N, num_latents, style_channels) -> RGB image (N, out, out, 3)."""
+        n = latent.shape[0]
+        if latent.ndim != 3 or latent.shape[1] != self.num_latents:
+            raise ValueError(f"expected W+ latents of shape (N, {self.num_latents}, {self.style_channels}), "
+                             f"got {tuple(latent.shape)}")
+        noises = self.noise_maps(noise, n)
+        out = jnp.broadcast_to(self.constant_input, (n,) + self.constant_input.shape[1:]).astype(self.dtype)
+        out = self.conv1(out, latent[:, 0], noises[0])
+        skip = self.to_rgb1(out, latent[:, 1])
+        idx = 1
+        for k, to_rgb in enumerate(self.to_rgbs):
+            out = self.convs[2 * k](out, latent[:, idx], noises[idx])
+            out = self.convs[2 * k + 1](out, latent[:, idx + 1], noises[idx + 1])
+            skip = to_rgb(out, latent[:, idx + 2], skip)
+            idx += 2
+        return skip.astype(jnp.float32)
+
+    def mean_latent(self, num_samples: int = 4096) -> jax.Array:
+        """Mean of W over ``num_samples`` z ~ N(0, I) drawn from the ``'latent'`` rng (mmagic ``get_mean_latent``)."""
+        z = jax.random.normal(self.make_rng("latent"), (num_samples, self.style_channels), jnp.float32)
+        return jnp.mean(self.mapping(z), axis=0, keepdims=True)
+
+    def __call__(self, styles: jax.Array | Sequence[jax.Array], *, input_is_latent: bool = False,
+                 truncation: float = 1.0, truncation_latent: jax.Array | None = None,
+                 inject_index: int | None = None, noise: str | Sequence[jax.Array] = "random") -> jax.Array:
+        if self.is_initializing():
+            self.mapping(jnp.zeros((1, self.style_channels), jnp.float32))  # create the mapping parameters
+        styles = [styles] if not isinstance(styles, list | tuple) else list(styles)
+        if not input_is_latent:
+            styles = [self.mapping(s) for s in styles]
+        if truncation < 1:
+            if truncation_latent is None:
+                truncation_latent = self.mean_latent()
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        if len(styles) == 1:
+            s = styles[0]
+            latent = s if s.ndim == 3 else jnp.repeat(s[:, None], self.num_latents, axis=1)
+        elif len(styles) == 2:
+            if inject_index is None:
+                inject_index = int(jax.random.randint(self.make_rng("mix"), (), 1, self.num_latents))
+            if not 1 <= inject_index < self.num_latents:
+                raise ValueError(f"inject_index must be in [1, {self.num_latents - 1}], got {inject_index}")
+            a = jnp.repeat(styles[0][:, None], inject_index, axis=1)
+            b = jnp.repeat(styles[1][:, None], self.num_latents - inject_index, axis=1)
+            latent = jnp.concatenate([a, b], axis=1)
+        else:
+            raise ValueError(f"style mixing takes at most 2 style arrays, got {len(styles)}")
+        return self.synthesis(latent, noise)
+
+
+class ConvDownLayer(nn.Module):
+    """mmagic ``ConvDownLayer``: [Blur when downsampling] + equalised-LR conv (no bias) + fused bias leaky ReLU."""
+
+    out_channels: int
+    kernel_size: int
+    downsample: bool = False
+    activate: bool = True
+    fp16_enabled: bool = False
+    conv_clamp: float = 256.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cin, k = x.shape[-1], self.kernel_size
+        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, cin, self.out_channels))
+        weight = (weight * (1.0 / math.sqrt(cin * k * k))).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if self.downsample:
+            x = ops.upfirdn2d(x, ops.fir_taps(), pad=ops.blur_down_pad(k))
+            y = ops.conv2d(x, weight, stride=2, padding=0)
+        else:
+            y = ops.conv2d(x, weight, stride=1, padding=k // 2)
+        if self.activate:
+            y = ops.fused_leaky_relu(y, self.param("bias", nn.initializers.zeros, (self.out_channels,)))
+        if self.fp16_enabled:
+            y = jnp.clip(y, -self.conv_clamp, self.conv_clamp)
+        return y
+
+
+class ResBlock(nn.Module):
+    """mmagic ``ResBlock`` of the StyleGAN2 discriminator: ``(conv2(conv1(x)) + skip(x)) / sqrt(2)``."""
+
+    out_channels: int
+    fp16_enabled: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
+        out = ConvDownLayer(x.shape[-1], 3, name="conv1", **kw)(x)
+        out = ConvDownLayer(self.out_channels, 3, downsample=True, name="conv2", **kw)(out)
+        skip = ConvDownLayer(self.out_channels, 1, downsample=True, activate=False, name="skip", **kw)(x)
+        return (out + skip) * jnp.asarray(1.0 / math.sqrt(2.0), out.dtype)
+
+
+class StyleGAN2Discriminator(nn.Module):
+    """mmagic ``StyleGAN2Discriminator`` (unconditional): RGB (N, in, in, 3) -> logits (N, 1) float32.
+
+    The minibatch-stddev layer groups the batch in groups of ``mbstd_group_size`` (batch <= 4 or a multiple of 4),
+    over the batch it is given: under data parallelism call it per device (see the training step).
+    """
+
+    in_size: int
+    channel_multiplier: int = 2
+    mbstd_group_size: int = 4
+    fp16_enabled: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        log_size = check_size(self.in_size, "in_size")
+        if x.shape[1:3] != (self.in_size, self.in_size):
+            raise ValueError(f"discriminator expects {self.in_size}x{self.in_size} input, got {x.shape[1:3]}")
+        ch = stylegan2_channels(self.channel_multiplier)
+        kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
+        x = ConvDownLayer(ch[self.in_size], 1, name="convs_0", **kw)(x)
+        for n, i in enumerate(range(log_size, 2, -1), start=1):
+            x = ResBlock(ch[2 ** (i - 1)], name=f"convs_{n}", **kw)(x)
+        x = ops.minibatch_stddev(x, self.mbstd_group_size)
+        x = ConvDownLayer(ch[4], 3, name="final_conv", **kw)(x)
+        x = ops.nchw_flatten(x.astype(jnp.float32))
+        x = EqualLinear(ch[4], activate=True, name="final_linear_0")(x)
+        x = EqualLinear(1, name="final_linear_1")(x)
+        return x.astype(jnp.float32)
