@@ -154,10 +154,20 @@ def check_vgg16_params(params: Mapping, layers: Iterable[str | int] = (PERCEPTUA
                 raise UserError(f"{what}: {name}/{leaf} has shape {tuple(np.shape(arr))}; expected {shape}")
 
 
-def init_vgg16_params(rng: jax.Array, layers: Sequence[str] = (PERCEPTUAL_LAYER,)) -> dict:
-    """Random VGG16 params (torchvision's init) for demos and tests that explicitly ask for a random VGG."""
-    model = VGG16Features(output_layers=tuple(layers))
-    return model.init(rng, jnp.zeros((1, 8, 8, 3), jnp.float32))["params"]
+def init_vgg16_params(seed: int, layers: Sequence[str] = (PERCEPTUAL_LAYER,)) -> dict:
+    """Random VGG16 params for demos and tests that explicitly ask for a random VGG (never for real training).
+
+    torchvision's init (kernel ~ N(0, 2 / fan_out), fan_out = 9 * out channels; zero bias), the same tree as
+    ``VGG16Features(output_layers=layers).init``. Drawn with numpy from ``seed``: XLA:CPU takes seconds to compile
+    jax.random's normal sampler for these shapes."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for i in required_convs(layers):
+        shape = conv_shape_flax(i)
+        std = np.sqrt(2.0 / (9 * shape[-1]))
+        params[f"features_{i}"] = {"kernel": jnp.asarray((rng.standard_normal(shape) * std).astype(np.float32)),
+                                   "bias": jnp.zeros((shape[-1],), jnp.float32)}
+    return params
 
 
 def load_vgg16(ckpt_dir: str | os.PathLike, layers: Sequence[str] = (PERCEPTUAL_LAYER,)) -> dict:
