@@ -62,7 +62,7 @@ def _m_to_torch(m: str) -> str:
 
 
 def _torch_group_regex_to_flax(rx: str) -> str:
-    rx = re.sub(r"\\\.(?=\d|\\d)", "_", rx)
+    rx = re.sub(r"\\\.(?=\d|\\d|\[\d)", "_", rx)  # a dot before an index (literal, \\d or [02]) -> _
     return rx.replace(r"\.", "/")
 
 
