@@ -1,0 +1,248 @@
+"""Image-quality metrics equal to mmagic 1.2.0's ``PSNR``, ``SSIM`` and ``MAE`` (NumPy only).
+
+Images are ``(H, W, 3)`` RGB (or ``(H, W)`` / ``(H, W, 1)`` gray), ``uint8`` or float on the [0, 255] scale; the
+first argument is the ground truth, the second the prediction (PSNR and SSIM are symmetric anyway).
+
+What each function reproduces (mmagic/evaluation/metrics/{psnr,ssim,mae,metrics_utils}.py):
+
+* :func:`psnr` - ``img_transform`` casts both images to **float32** (not float64), optionally converts to Y and
+  crops; then ``mse = ((a - b) ** 2).mean()`` in float32 and ``20 * log10(255 / sqrt(mse))``. The operations
+  here are the same NumPy operations in the same order on arrays with the same memory layout as in mmagic's
+  evaluator (see ``_transform``), so the result is bitwise mmagic's. Like mmagic's, the
+  final scalar step follows NumPy's promotion rules: a ``numpy.float32`` under NumPy >= 2 (NEP 50), float64
+  under NumPy 1.x. Identical images give ``inf``.
+* :func:`ssim` - the same float32 ``img_transform``, then ``to_numpy`` (float64) and, per channel, the MATLAB
+  style SSIM: Gaussian 11x11 window (``cv2.getGaussianKernel(11, 1.5)`` outer itself), ``C1 = (0.01*255)**2``,
+  ``C2 = (0.03*255)**2``, the filtered maps cropped by 5 px (i.e. only positions where the whole window lies inside
+  the image: a "valid" correlation, so OpenCV's border mode never matters), mean of the SSIM map, mean over
+  channels. Computed in float64 with a separable valid correlation instead of ``cv2.filter2D``; the difference
+  is rounding at the 1e-16 level.
+* :func:`mae` - ``mean(|gt/255 - pred/255|)`` on the full image in float64. mmagic's ``MAE`` metric has no
+  ``crop_border`` / ``convert_to`` option, so neither has this function.
+* ``convert_to='Y'`` - mmcv's ``bgr2ycbcr(img / 255., y_only=True) * 255.`` (ITU-R BT.601, MATLAB ``rgb2ycbcr``:
+  ``Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`` on [0, 255] data), with the same float32/float64 steps as
+  mmcv. mmagic's metric classes see BGR images and call ``bgr2ycbcr``; this module gets RGB images and feeds
+  the reversed (BGR) channels to the same expression.
+* ``crop_border=N`` - ``img[N:-N, N:-N]`` after the Y conversion, as ``img_transform`` (PSNR and SSIM only).
+
+:func:`output_to_image` turns a raw model output in [-1, 1] into the prediction image the way each mmagic
+generation did before scoring it (see its docstring); :func:`average` is mmagic's ``average`` over images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+
+from glean_jax.errors import UserError
+
+Convention = Literal["1.x", "0.x"]
+CONVENTIONS: tuple[str, ...] = ("1.x", "0.x")
+METRIC_NAMES: tuple[str, ...] = ("PSNR", "SSIM", "MAE")
+
+# MATLAB-style SSIM constants (mmagic ssim.py `_ssim`).
+SSIM_C1 = (0.01 * 255) ** 2
+SSIM_C2 = (0.03 * 255) ** 2
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+# mmcv bgr2ycbcr(y_only=True) weights, in B, G, R order.
+_Y_WEIGHTS_BGR = [24.966, 128.553, 65.481]
+
+
+def _gaussian_kernel_1d(n: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """``cv2.getGaussianKernel(n, sigma)[:, 0]`` for odd ``n`` and ``sigma > 0`` (float64).
+
+    OpenCV computes ``exp(-x^2 / (2 sigma^2))`` for the half ``x < 0``, mirrors it, sets the centre to 1 and divides
+    by the sum; the same steps are used here (any difference is in the last bit of a float64).
+    """
+    half = (n - 1) // 2
+    x = np.arange(-half, 0, dtype=np.float64)
+    values = np.exp(x * x * (-0.5 / (sigma * sigma)))
+    total = 2.0 * values.sum() + 1.0
+    k = np.empty(n, np.float64)
+    k[:half] = values / total
+    k[half] = 1.0 / total
+    k[half + 1:] = k[:half][::-1]
+    return k
+
+
+_GAUSS_1D = _gaussian_kernel_1d()
+
+
+def _check_image(img: np.ndarray, what: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[..., None]  # mmagic reorder_image: (h, w) -> (h, w, 1)
+    if img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise UserError(f"{what}: image of shape {img.shape}; expected (H, W), (H, W, 1) or (H, W, 3)")
+    if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
+        raise UserError(f"{what}: image of dtype {img.dtype}; expected uint8 or float on the [0, 255] scale")
+    return img
+
+
+def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gt = _check_image(gt, "ground truth")
+    pred = _check_image(pred, "prediction")
+    if gt.shape != pred.shape:
+        raise UserError(f"image shapes differ: ground truth {gt.shape}, prediction {pred.shape}; "
+                        "expected the same (H, W, C)")
+    return gt, pred
+
+
+def _check_options(crop_border: int, convert_to: str | None) -> None:
+    if isinstance(crop_border, bool) or not isinstance(crop_border, int | np.integer) or crop_border < 0:
+        raise UserError(f"crop_border={crop_border!r}; expected an integer >= 0")
+    if convert_to is not None and not (isinstance(convert_to, str) and convert_to.lower() == "y"):
+        raise UserError(f"convert_to={convert_to!r}; expected None or 'Y'")
+
+
+def _bgr_to_y(bgr: np.ndarray) -> np.ndarray:
+    """mmagic ``img_transform``'s Y step on a float32 BGR (H, W, 3) array on [0, 255] -> float32 (H, W, 1)."""
+    x = bgr / 255.0  # float32
+    y = np.dot(x, _Y_WEIGHTS_BGR) + 16.0  # mmcv bgr2ycbcr: float64 (the weight list is float64)
+    y /= 255.0  # mmcv _convert_output_type_range(float32): /255 then astype
+    y = y.astype(np.float32) * 255.0
+    return y[..., None]
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) on the [0, 255] scale -> Y (H, W, 1) float32 on [16, 235], as mmagic's ``img_transform``.
+
+    Equal to ``mmcv.bgr2ycbcr(bgr.astype(float32) / 255., y_only=True) * 255.`` with ``bgr = img[..., ::-1]``:
+    float32 input, float64 dot product and ``/ 255``, cast to float32, then ``* 255`` in float32.
+    """
+    img = _check_image(img, "image")
+    if img.shape[2] != 3:
+        raise UserError(f"Y conversion needs 3 channels, got an image of shape {img.shape}; expected (H, W, 3) RGB")
+    return _bgr_to_y(np.ascontiguousarray(img[..., ::-1], dtype=np.float32))
+
+
+def _transform(img: np.ndarray, crop_border: int, convert_to: str | None) -> np.ndarray:
+    """mmagic ``img_transform`` as its evaluator runs it, for an HWC RGB image: float32, optional Y, optional crop.
+
+    mmagic scores BGR images and gets them as CHW tensors: ``permute(1, 2, 0).numpy().astype(float32)`` keeps the
+    CHW memory order (planes B, G, R); the arrays mmediting 0.x's ``tensor2img`` returns are laid out the same way.
+    NumPy's float32 ``mean`` sums in memory order, so the copy made here has that layout too (a (C, H, W) array in
+    B, G, R order, viewed as (H, W, C)). This makes the MSE, hence the PSNR, bitwise equal to the evaluator's; an
+    HWC-ordered copy can differ from it by a few 1e-6 dB. The channels come back in BGR order.
+    """
+    if img.shape[2] == 3:
+        img = img[..., ::-1]  # RGB -> BGR, as mmagic's evaluator sees it
+    img = np.moveaxis(np.ascontiguousarray(np.moveaxis(img, 2, 0), dtype=np.float32), 0, 2)
+    if convert_to is not None:
+        if img.shape[2] != 3:
+            raise UserError(f"Y conversion needs 3 channels, got an image of shape {img.shape}; expected (H, W, 3)")
+        img = _bgr_to_y(img)
+    if crop_border != 0:
+        img = img[crop_border:-crop_border, crop_border:-crop_border, ...]
+    return img
+
+
+def _check_cropped(img: np.ndarray, shape: tuple[int, ...], crop_border: int, minimum: int, what: str) -> None:
+    h, w = img.shape[:2]
+    if h < minimum or w < minimum:
+        size = f"{shape[1]}x{shape[0]} px"
+        if crop_border:
+            size += f", {max(w, 0)}x{max(h, 0)} after crop_border={crop_border}"
+        raise UserError(f"image is {size}; {what} needs at least {minimum}x{minimum}")
+
+
+def psnr(gt: np.ndarray, pred: np.ndarray, crop_border: int = 0, convert_to: str | None = None) -> float:
+    """PSNR in dB, equal to mmagic's ``psnr`` (see the module docstring); ``inf`` for identical images."""
+    _check_options(crop_border, convert_to)
+    gt, pred = _check_pair(gt, pred)
+    a = _transform(gt, crop_border, convert_to)
+    b = _transform(pred, crop_border, convert_to)
+    _check_cropped(a, gt.shape, crop_border, 1, "PSNR")
+    mse_value = ((a - b) ** 2).mean()
+    if mse_value == 0:
+        return float("inf")
+    return 20.0 * np.log10(255.0 / np.sqrt(mse_value))
+
+
+def _valid_gaussian(x: np.ndarray) -> np.ndarray:
+    """Valid 11x11 Gaussian correlation over the last two axes of ``x`` (float64): ``cv2.filter2D(x, -1,
+    outer(k, k))[5:-5, 5:-5]`` done as two 1-D passes."""
+    k = _GAUSS_1D
+    n = k.size
+    h, w = x.shape[-2:]
+    rows = k[0] * x[..., 0:h - n + 1, :]
+    for t in range(1, n):
+        rows += k[t] * x[..., t:t + h - n + 1, :]
+    out = k[0] * rows[..., 0:w - n + 1]
+    for t in range(1, n):
+        out += k[t] * rows[..., t:t + w - n + 1]
+    return out
+
+
+def ssim(gt: np.ndarray, pred: np.ndarray, crop_border: int = 0, convert_to: str | None = None) -> float:
+    """SSIM, equal to mmagic's ``ssim`` (MATLAB style, per channel, averaged; see the module docstring)."""
+    _check_options(crop_border, convert_to)
+    gt, pred = _check_pair(gt, pred)
+    a = _transform(gt, crop_border, convert_to)
+    b = _transform(pred, crop_border, convert_to)
+    _check_cropped(a, gt.shape, crop_border, SSIM_WINDOW, "SSIM's 11x11 window")
+    a = np.moveaxis(a.astype(np.float64), 2, 0)  # mmagic to_numpy: float64; (C, H, W) to filter all at once
+    b = np.moveaxis(b.astype(np.float64), 2, 0)
+    mu1, mu2, e11, e22, e12 = _valid_gaussian(np.stack([a, b, a * a, b * b, a * b]))
+    mu1_sq = mu1**2
+    mu2_sq = mu2**2
+    mu1_mu2 = mu1 * mu2
+    sigma1_sq = e11 - mu1_sq
+    sigma2_sq = e22 - mu2_sq
+    sigma12 = e12 - mu1_mu2
+    ssim_map = ((2 * mu1_mu2 + SSIM_C1) * (2 * sigma12 + SSIM_C2)) / (
+        (mu1_sq + mu2_sq + SSIM_C1) * (sigma1_sq + sigma2_sq + SSIM_C2))
+    per_channel = [ssim_map[c].mean() for c in range(ssim_map.shape[0])]
+    return np.array(per_channel).mean()
+
+
+def mae(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute error on mmagic's scale, ``mean(|gt/255 - pred/255|)`` over all pixels and channels (float64).
+
+    Equal to mmagic's ``MAE`` metric without a mask (which has no crop or Y option).
+    """
+    gt, pred = _check_pair(gt, pred)
+    diff = gt.astype(np.float64) / 255.0 - pred.astype(np.float64) / 255.0
+    return np.abs(diff).mean()
+
+
+def output_to_image(x: np.ndarray, convention: Convention = "1.x") -> np.ndarray:
+    """Raw model output in [-1, 1] (HWC, RGB) -> the prediction image that mmagic scores.
+
+    * ``'1.x'`` (mmagic 1.x ``DataPreprocessor.destruct``): ``x * 127.5 + 127.5`` in float32 (a multiply and an
+      add, each rounded, as torch does), ``clamp(0, 255)``; returns **float32, not rounded**.
+    * ``'0.x'`` (mmediting 0.x ``GLEAN.forward_test`` + ``tensor2img``, which produced the released numbers):
+      ``(x + 1) / 2`` in float32, ``clamp(0, 1)``, ``* 255.0``, ``round()`` (half to even, as NumPy), ``uint8``.
+
+    The input is cast to float32 first (the model's output dtype in mmagic). Channel order does not matter here;
+    the BGR flip both generations do only matters for Y, which :func:`rgb_to_y` handles.
+    """
+    if convention not in CONVENTIONS:
+        raise UserError(f"convention={convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"raw model output of dtype {x.dtype}; expected a float array in [-1, 1]")
+    x = x.astype(np.float32)
+    if convention == "1.x":
+        return np.clip(x * np.float32(127.5) + np.float32(127.5), np.float32(0), np.float32(255))
+    y = np.clip((x + np.float32(1)) / np.float32(2), np.float32(0), np.float32(1))
+    return (y * np.float32(255.0)).round().astype(np.uint8)
+
+
+def average(values: Iterable[float]) -> float:
+    """Mean over images exactly as mmagic's ``metrics_utils.average``: ``total = 0; total += v; total / n``.
+
+    The sum runs in the type of the per-image values, in order: for PSNR under NumPy >= 2 that is float32, so
+    the result is mmagic's printed number bitwise (it can differ from a float64 mean by ~1e-5 dB over 100 images).
+    """
+    total = 0
+    n = 0
+    for v in values:
+        total += v * 1  # mmagic multiplies by batch_size (1 per image)
+        n += 1
+    if n == 0:
+        raise UserError("no images to average; expected at least one scored image")
+    return total / n
