@@ -1,0 +1,418 @@
+"""``python -m glean_jax.evaluate``: PSNR / SSIM / MAE equal to mmagic's, per image and mean, as a table, JSON and CSV.
+
+Pred-dir mode::
+
+    python -m glean_jax.evaluate --pred-dir P --gt-dir G [--json OUT.json] [--csv OUT.csv]
+        [--convention 1.x|0.x] [--crop-border N] [--y-channel] [--verbose] [--skip-bad]
+        [--pred-kind auto|image|npy] [--gray-as-rgb]
+
+Predictions are matched to ground-truth images by file-name stem (``P/x.png`` <-> ``G/x.jpg``). A prediction is an
+image (PNG, JPEG, WebP, BMP; scored as it is, so the convention does not matter) or a ``.npy`` raw model output in
+[-1, 1], (H, W, 3) float, as ``upscale --save-raw`` writes beside its PNGs; a raw output is turned into the
+prediction image by :func:`glean_jax.metrics.output_to_image` with ``--convention``: ``1.x`` (mmagic 1.x: float,
+clipped, not rounded - the default) or ``0.x`` (mmediting 0.x ``tensor2img``: rounded to uint8, which produced
+the released numbers). With ``--pred-kind auto`` a stem that has both a ``.npy`` and an image uses the ``.npy``.
+
+Every problem (prediction/GT size mismatch, a prediction without GT or GT without prediction, empty folders,
+gray vs colour images, ambiguous names, corrupt files, images too small for SSIM) is an error naming the files;
+with ``--skip-bad`` the pair is skipped with a warning and listed under ``"skipped"`` in the report instead. The
+mean is never taken over a silently reduced set.
+
+The metric code is in :mod:`glean_jax.metrics`; :class:`MetricAccumulator` and :func:`write_reports` are shared
+with any other way of producing (name, prediction, ground truth) triples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glean_jax import metrics
+from glean_jax.errors import UserError, cli_entry
+from glean_jax.images import IMAGE_EXTENSIONS, atomic_write_bytes, read_rgb
+
+RAW_EXTENSION = ".npy"
+CSV_MEAN_ROW = "<mean>"
+# Raw outputs are in [-1, 1] (GAN outputs overshoot a little); beyond this they are not raw outputs.
+RAW_ABS_LIMIT = 10.0
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+class MetricAccumulator:
+    """Collects per-image PSNR, SSIM and MAE and reports them in the evaluate JSON shape.
+
+    ``add(name, pred, gt)``: ``gt`` is the uint8 ground truth (H, W, 3) RGB; ``pred`` is either a uint8 image
+    (scored as it is) or a float raw model output in [-1, 1] (H, W, 3), turned into the prediction image with
+    ``output_to_image(pred, convention)``. PSNR and SSIM use ``crop_border`` and, with ``y_channel``, the Y channel,
+    as mmagic's ``PSNR(crop_border=N, convert_to='Y')``; MAE is on the full RGB image, as mmagic's ``MAE`` (which
+    has neither option). ``skip(name, reason)`` records an excluded image. Means follow mmagic's ``average``
+    (:func:`glean_jax.metrics.average`), in the order images were added.
+    """
+
+    def __init__(self, convention: str = "1.x", crop_border: int = 0, y_channel: bool = False) -> None:
+        if convention not in metrics.CONVENTIONS:
+            raise UserError(f"convention={convention!r}; expected one of {', '.join(metrics.CONVENTIONS)}")
+        if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
+            raise UserError(f"crop_border={crop_border!r}; expected an integer >= 0")
+        self.convention = convention
+        self.crop_border = crop_border
+        self.y_channel = bool(y_channel)
+        self._values: dict[str, dict[str, Any]] = {}  # name -> metric -> value as computed (numpy scalar)
+        self.skipped: dict[str, str] = {}
+        self.info: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def prediction_image(self, pred: np.ndarray, name: str = "prediction") -> np.ndarray:
+        """The image that is scored for ``pred``: uint8 as is, float raw output through ``output_to_image``."""
+        pred = np.asarray(pred)
+        if pred.dtype == np.uint8:
+            return pred
+        if not np.issubdtype(pred.dtype, np.floating):
+            raise UserError(f"{name}: prediction of dtype {pred.dtype}; expected a uint8 image or a float raw "
+                            "model output in [-1, 1]")
+        if not np.all(np.isfinite(pred)):
+            raise UserError(f"{name}: raw model output holds NaN or infinite values; expected finite values in "
+                            "[-1, 1]")
+        return metrics.output_to_image(pred, self.convention)
+
+    def add(self, name: str, pred: np.ndarray, gt: np.ndarray, label: str | None = None) -> dict[str, float]:
+        """Scores one image and returns its metrics as Python floats. Errors start with ``label`` (default
+        ``name``), e.g. the file names the pair came from."""
+        label = name if label is None else label
+        if name in self._values or name in self.skipped:
+            raise UserError(f"{label}: image name {name!r} given twice; expected unique names")
+        gt = np.asarray(gt)
+        if gt.dtype != np.uint8:
+            raise UserError(f"{label}: ground truth of dtype {gt.dtype}; expected uint8")
+        img = self.prediction_image(pred, label)
+        shape_p = img.shape if img.ndim == 3 else img.shape + (1,)
+        shape_g = gt.shape if gt.ndim == 3 else gt.shape + (1,)
+        if shape_p != shape_g:
+            raise UserError(f"{label}: prediction is {_describe(shape_p)} but ground truth is {_describe(shape_g)}; "
+                            "expected the same size and channel count")
+        convert_to = "Y" if self.y_channel else None
+        try:
+            values = {
+                "PSNR": metrics.psnr(gt, img, self.crop_border, convert_to),
+                "SSIM": metrics.ssim(gt, img, self.crop_border, convert_to),
+                "MAE": metrics.mae(gt, img),
+            }
+        except UserError as e:
+            raise UserError(f"{label}: {e}") from None
+        self._values[name] = values
+        return {k: float(v) for k, v in values.items()}
+
+    def skip(self, name: str, reason: str) -> None:
+        """Records that ``name`` was excluded from the means, and why."""
+        self.skipped[name] = reason
+
+    def summary(self) -> dict[str, Any]:
+        """``{"mean": {...}, "per_image": {name: {...}}, "convention", "num_images", "crop_border", "y_channel",
+        "num_skipped", "skipped": {name: reason}}`` plus whatever is in ``self.info``; UserError if nothing was
+        scored."""
+        if not self._values:
+            detail = f" ({len(self.skipped)} skipped)" if self.skipped else ""
+            raise UserError(f"no image could be scored{detail}; expected at least one valid prediction/GT pair")
+        mean = {m: float(metrics.average(v[m] for v in self._values.values())) for m in metrics.METRIC_NAMES}
+        per_image = {n: {m: float(v[m]) for m in metrics.METRIC_NAMES} for n, v in self._values.items()}
+        out: dict[str, Any] = {
+            "mean": mean,
+            "per_image": per_image,
+            "convention": self.convention,
+            "num_images": len(per_image),
+            "crop_border": self.crop_border,
+            "y_channel": self.y_channel,
+            "num_skipped": len(self.skipped),
+            "skipped": dict(self.skipped),
+        }
+        out.update(self.info)
+        return out
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]} with {shape[2]} channel{'s' if shape[2] != 1 else ''}"
+
+
+def _check_output_path(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a folder; expected a file path")
+    if not p.parent.is_dir():
+        raise UserError(f"{flag} {p}: folder {p.parent} does not exist; expected an existing folder")
+    return p
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v)) if math.isfinite(v) else ("inf" if v > 0 else ("-inf" if v < 0 else "nan"))
+
+
+def write_reports(summary: dict[str, Any], json_path: str | os.PathLike | None,
+                  csv_path: str | os.PathLike | None) -> None:
+    """Writes the summary as JSON (``json.dumps(indent=2)``; an infinite PSNR is written as ``Infinity``) and as
+    CSV (``name,PSNR,SSIM,MAE``, one row per image, then a row named ``<mean>``). Each file is written atomically."""
+    if json_path is not None:
+        text = json.dumps(summary, indent=2) + "\n"
+        try:
+            atomic_write_bytes(json_path, text.encode("utf-8"))
+        except OSError as e:
+            raise UserError(f"{json_path}: cannot write ({e.strerror or e})") from e
+    if csv_path is not None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["name", *metrics.METRIC_NAMES])
+        for name, vals in summary["per_image"].items():
+            w.writerow([name, *(_fmt(vals[m]) for m in metrics.METRIC_NAMES)])
+        w.writerow([CSV_MEAN_ROW, *(_fmt(summary["mean"][m]) for m in metrics.METRIC_NAMES)])
+        try:
+            atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
+        except OSError as e:
+            raise UserError(f"{csv_path}: cannot write ({e.strerror or e})") from e
+
+
+def format_table(summary: dict[str, Any], verbose: bool = False) -> str:
+    """The table printed by the CLI: settings, per-image rows with ``verbose``, and the mean row."""
+    names = list(summary["per_image"]) if verbose else []
+    mean_label = f"mean ({summary['num_images']} images)"
+    width = max([len(n) for n in names] + [len(mean_label), 4])
+    y = "Y channel" if summary["y_channel"] else "RGB"
+    lines = [f"convention {summary['convention']}, crop_border {summary['crop_border']}, {y}"
+             + (f", {summary['num_skipped']} skipped" if summary["num_skipped"] else "")]
+    lines.append(f"{'name':<{width}}  {'PSNR':>9}  {'SSIM':>7}  {'MAE':>7}")
+
+    def row(label: str, v: dict[str, float]) -> str:
+        return f"{label:<{width}}  {v['PSNR']:>9.4f}  {v['SSIM']:>7.4f}  {v['MAE']:>7.4f}"
+
+    lines.extend(row(n, summary["per_image"][n]) for n in names)
+    lines.append(row(mean_label, summary["mean"]))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ pred-dir mode
+def _list_folder(folder: Path, extensions: tuple[str, ...], what: str) -> list[Path]:
+    if not folder.exists():
+        raise UserError(f"{what} {folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder}: is not a folder; expected a folder of images")
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in extensions)
+    if not files:
+        raise UserError(f"{what} {folder}: holds no files ending in {', '.join(extensions)}; expected at least one")
+    return files
+
+
+def _source_channels(path: Path) -> int:
+    """1 for a grayscale file, 3 for a colour one (what it holds before ``read_rgb`` makes it RGB)."""
+    if path.suffix.lower() == RAW_EXTENSION:
+        raise AssertionError("not for .npy files")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return 1 if im.mode in _GRAY_MODES else 3
+    except Exception:  # noqa: BLE001 - read_rgb reports the decoding problem with its own message
+        return 3
+
+
+def read_raw_output(path: Path) -> np.ndarray:
+    """Reads a ``.npy`` raw model output: float (H, W, C) or (1, H, W, C), C in {1, 3}, finite, in about [-1, 1]."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: cannot read .npy ({e}); expected a float32 array (H, W, 3) in [-1, 1] as "
+                        "written by upscale --save-raw") from e
+    if not isinstance(arr, np.ndarray) or arr.dtype.names is not None:
+        raise UserError(f"{path}: not a plain array; expected a float32 array (H, W, 3) in [-1, 1]")
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise UserError(f"{path}: array of shape {arr.shape}; expected (H, W, 3) (NHWC, channels last)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise UserError(f"{path}: array of dtype {arr.dtype}; expected a float raw model output in [-1, 1] "
+                        "(score uint8 images as PNG files instead)")
+    if not np.all(np.isfinite(arr)):
+        raise UserError(f"{path}: holds NaN or infinite values; expected a finite raw model output in [-1, 1]")
+    lo, hi = float(arr.min()), float(arr.max())
+    if max(abs(lo), abs(hi)) > RAW_ABS_LIMIT:
+        raise UserError(f"{path}: values span [{lo:g}, {hi:g}]; expected a raw model output in [-1, 1] "
+                        "(images on the [0, 255] scale should be scored as PNG files)")
+    return arr
+
+
+def _match(pred_dir: Path, gt_dir: Path, pred_kind: str
+           ) -> tuple[dict[str, tuple[Path, Path]], dict[str, str]]:
+    """Pairs predictions with GT by stem. Returns (pairs by name in sorted order, problems by name)."""
+    exts = {"auto": IMAGE_EXTENSIONS + (RAW_EXTENSION,), "image": IMAGE_EXTENSIONS, "npy": (RAW_EXTENSION,)}
+    pred_files = _list_folder(pred_dir, exts[pred_kind], "--pred-dir")
+    gt_files = _list_folder(gt_dir, IMAGE_EXTENSIONS, "--gt-dir")
+    problems: dict[str, str] = {}
+
+    preds: dict[str, list[Path]] = {}
+    for f in pred_files:
+        preds.setdefault(f.stem, []).append(f)
+    chosen: dict[str, Path] = {}
+    for stem, files in preds.items():
+        raws = [f for f in files if f.suffix.lower() == RAW_EXTENSION]
+        images = [f for f in files if f.suffix.lower() != RAW_EXTENSION]
+        candidates = raws if raws else images  # auto: a raw output wins over the image written beside it
+        if len(candidates) > 1:
+            problems[stem] = (f"ambiguous predictions {', '.join(str(f) for f in candidates)}; expected one "
+                              "prediction file per name")
+        else:
+            chosen[stem] = candidates[0]
+
+    gts: dict[str, list[Path]] = {}
+    for f in gt_files:
+        gts.setdefault(f.stem, []).append(f)
+
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for stem in sorted(set(chosen) | set(gts) | set(problems)):
+        if stem in problems:
+            continue
+        g = gts.get(stem)
+        if stem not in chosen:
+            problems[stem] = f"{g[0]}: ground truth has no prediction in {pred_dir}; expected {pred_dir}/{stem}.png"
+        elif g is None:
+            problems[stem] = f"{chosen[stem]}: no ground truth named {stem}.* in {gt_dir}; expected one per prediction"
+        elif len(g) > 1:
+            problems[stem] = (f"ambiguous ground truth {', '.join(str(f) for f in g)} for {chosen[stem]}; "
+                              "expected one GT file per name")
+        else:
+            pairs[stem] = (chosen[stem], g[0])
+    return pairs, problems
+
+
+def _load_pair(pred_path: Path, gt_path: Path, gray_as_rgb: bool) -> tuple[np.ndarray, np.ndarray]:
+    gt = read_rgb(gt_path)
+    gt_channels = _source_channels(gt_path)
+    if pred_path.suffix.lower() == RAW_EXTENSION:
+        pred = read_raw_output(pred_path)
+        pred_channels = pred.shape[2]
+        if pred_channels == 1:
+            pred = np.repeat(pred, 3, axis=2)
+    else:
+        pred = read_rgb(pred_path)
+        pred_channels = _source_channels(pred_path)
+    if pred_channels != gt_channels and not gray_as_rgb:
+        kinds = {1: "grayscale", 3: "colour"}
+        raise UserError(f"{pred_path} is {kinds[pred_channels]} but {gt_path} is {kinds[gt_channels]}; expected the "
+                        "same channel count (--gray-as-rgb scores gray as 3 equal channels, as mmagic's loader does)")
+    if pred.shape[:2] != gt.shape[:2]:
+        raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {gt_path} is "
+                        f"{gt.shape[1]}x{gt.shape[0]}; expected a prediction the same size as its ground truth")
+    return pred, gt
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}; skipped", file=sys.stderr)
+
+
+def score_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, accumulator: MetricAccumulator, *,
+                  skip_bad: bool = False, pred_kind: str = "auto", gray_as_rgb: bool = False,
+                  progress: bool | None = None) -> MetricAccumulator:
+    """Scores every prediction in ``pred_dir`` against the GT image of the same stem in ``gt_dir``.
+
+    Any problem raises :class:`UserError` naming the files; with ``skip_bad`` it is printed as a warning and the
+    name is recorded with ``accumulator.skip``. ``progress=None`` shows a tqdm bar only on a terminal.
+    """
+    from tqdm import tqdm
+
+    if pred_kind not in ("auto", "image", "npy"):
+        raise UserError(f"pred_kind={pred_kind!r}; expected auto, image or npy")
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pairs, problems = _match(pred_dir, gt_dir, pred_kind)
+    if problems:
+        if not skip_bad:
+            shown = list(problems.values())[:5]
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise UserError(f"{len(problems)} file name problem{'s' if len(problems) > 1 else ''}: "
+                            + " | ".join(shown) + more + " (--skip-bad scores the other pairs)")
+        for name, reason in problems.items():
+            _warn(reason)
+            accumulator.skip(name, reason)
+    n_raw = 0
+    bar = tqdm(pairs.items(), total=len(pairs), desc="evaluate", unit="img", disable=(None if progress is None
+                                                                                       else not progress))
+    for name, (pred_path, gt_path) in bar:
+        try:
+            pred, gt = _load_pair(pred_path, gt_path, gray_as_rgb)
+            accumulator.add(name, pred, gt, label=f"{pred_path} (ground truth {gt_path})")
+        except UserError as e:
+            if not skip_bad:
+                raise
+            _warn(str(e))
+            accumulator.skip(name, str(e))
+            continue
+        n_raw += pred_path.suffix.lower() == RAW_EXTENSION
+    accumulator.info.update({"pred_dir": str(pred_dir), "gt_dir": str(gt_dir),
+                             "raw_predictions": n_raw, "image_predictions": len(accumulator) - n_raw})
+    return accumulator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m glean_jax.evaluate",
+        description="PSNR / SSIM / MAE equal to mmagic's, per image and mean. Scores the predictions in --pred-dir "
+                    "against the ground-truth images in --gt-dir of the same file-name stem.")
+    p.add_argument("--pred-dir", required=True, help="folder of predictions: images, or .npy raw outputs in [-1, 1]")
+    p.add_argument("--gt-dir", required=True, help="folder of ground-truth images (matched by file-name stem)")
+    p.add_argument("--json", help="write per-image and mean metrics as JSON here")
+    p.add_argument("--csv", help="write per-image and mean metrics as CSV here")
+    p.add_argument("--convention", choices=metrics.CONVENTIONS, default="1.x",
+                   help="how a .npy raw output becomes the prediction: 1.x = float, clipped, not rounded (mmagic "
+                        "1.x); 0.x = rounded to uint8 (mmediting 0.x, the released numbers). Default 1.x")
+    p.add_argument("--crop-border", type=_non_negative_int, default=0,
+                   help="pixels cropped from each edge for PSNR and SSIM (mmagic crop_border; MAE is never cropped)")
+    p.add_argument("--y-channel", action="store_true",
+                   help="PSNR and SSIM on the Y channel (mmagic convert_to='Y', BT.601); default all RGB channels")
+    p.add_argument("--pred-kind", choices=("auto", "image", "npy"), default="auto",
+                   help="which prediction files to use; auto prefers x.npy over an image x.* of the same name")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip a bad or unmatched file with a warning (listed under 'skipped') instead of failing")
+    p.add_argument("--gray-as-rgb", action="store_true",
+                   help="score a grayscale image against a colour one as 3 equal channels (mmagic's color loader)")
+    p.add_argument("--verbose", action="store_true", help="print a row per image, not only the mean")
+    return p
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is negative; expected an integer >= 0")
+    return v
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    json_path = _check_output_path(args.json, "--json")
+    csv_path = _check_output_path(args.csv, "--csv")
+    if json_path is not None and csv_path is not None and json_path.resolve() == csv_path.resolve():
+        raise UserError(f"--json and --csv are both {json_path}; expected two different files")
+    acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
+    score_folders(args.pred_dir, args.gt_dir, acc, skip_bad=args.skip_bad, pred_kind=args.pred_kind,
+                  gray_as_rgb=args.gray_as_rgb)
+    summary = acc.summary()
+    write_reports(summary, json_path, csv_path)
+    print(format_table(summary, args.verbose))
+    return 0
+
+
+if __name__ == "__main__":
+    cli_entry(main)
