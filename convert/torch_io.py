@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -36,13 +37,16 @@ def load_torch_state(path: str | os.PathLike, allow_pickle: bool = False) -> dic
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else "unpickling failed"
-        if "weights_only" in str(e) and not allow_pickle:
+        text = str(e)
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        msg = detail.group(1).strip() if detail else (text.splitlines()[0] if text else "unpickling failed")
+        if "Unsupported global" in text and not allow_pickle:
             raise UserError(
                 f"{path}: checkpoint needs arbitrary Python objects to load ({msg}); if you trust the file, "
                 "pass --allow-pickle") from e
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, ImportError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, ImportError, IndexError,
+            KeyError, TypeError, MemoryError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path}: not a readable PyTorch checkpoint, or truncated ({msg})") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
