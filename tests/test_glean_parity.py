@@ -54,7 +54,8 @@ def test_glean_parity_and_round_trip(in_size, out_size, num_rrdbs):
     err = float(np.abs(out - ref).max())
     out_bf16 = np.asarray(jax.jit(build_glean(arch, "bfloat16").apply)(variables["generator"], x))
     p = psnr_pm1(out_bf16, ref)
-    print(f"GLEAN {in_size}->{out_size} ({num_rrdbs} RRDBs): max|d| = {err:.3g} (output std {ref.std():.3f}); bf16 PSNR {p:.1f} dB; "
+    print(f"GLEAN {in_size}->{out_size} ({num_rrdbs} RRDBs): max|d| = {err:.3g} (output std {ref.std():.3f}); "
+          f"bf16 PSNR {p:.1f} dB; "
           f"build {t1 - t0:.1f}s convert {t2 - t1:.1f}s torch fwd {t3 - t2:.1f}s jax compile+fwd {t4 - t3:.1f}s")
     assert out.shape == (1, out_size, out_size, 3)
     assert err <= TOL
