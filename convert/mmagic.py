@@ -203,6 +203,9 @@ def _sha256(path: Path) -> str:
 def convert_file(src: str | Path, out_dir: str | Path, prefix: str | None = None, allow_pickle: bool = False,
                  overwrite: bool = False) -> tuple[dict, list[str]]:
     """Converts ``src`` into the model directory ``out_dir``; returns (meta, notes)."""
+    parent = Path(out_dir).resolve().parent
+    if parent.exists() and not parent.is_dir():   # (prepare_output_dir only checks that it exists)
+        raise UserError(f"{out_dir}: {parent} is not a directory; expected OUT_DIR inside an existing folder")
     prepare_output_dir(out_dir, overwrite)   # fail before the (slow) load if the output is unusable
     state = load_torch_state(src, allow_pickle=allow_pickle)
     meta, variables, notes = convert_state(state, str(src), prefix)
