@@ -18,6 +18,14 @@ gray vs colour images, ambiguous names, corrupt files, images too small for SSIM
 with ``--skip-bad`` the pair is skipped with a warning and listed under ``"skipped"`` in the report instead. The
 mean is never taken over a silently reduced set.
 
+Checkpoint mode (:mod:`glean_jax.evaluate_model`)::
+
+    python -m glean_jax.evaluate --checkpoint DIR --config configs/cat_x8.py [--config.data.test_root=PATH ...]
+        [--save-images OUT] [--batch-size N] [--dtype float32|bfloat16] [--json ...] [--csv ...] [--convention ...]
+
+runs the model over the config's test set (``glean_jax.data.make_eval_dataset(config.data)``) and scores its raw
+outputs with the same accumulator, as mmagic's test loop does.
+
 The metric code is in :mod:`glean_jax.metrics`; :class:`MetricAccumulator` and :func:`write_reports` are shared
 with any other way of producing (name, prediction, ground truth) triples.
 """
@@ -366,10 +374,17 @@ def score_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, accumu
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m glean_jax.evaluate",
-        description="PSNR / SSIM / MAE equal to mmagic's, per image and mean. Scores the predictions in --pred-dir "
-                    "against the ground-truth images in --gt-dir of the same file-name stem.")
-    p.add_argument("--pred-dir", required=True, help="folder of predictions: images, or .npy raw outputs in [-1, 1]")
-    p.add_argument("--gt-dir", required=True, help="folder of ground-truth images (matched by file-name stem)")
+        description="PSNR / SSIM / MAE equal to mmagic's, per image and mean. Either scores the predictions in "
+                    "--pred-dir against the ground-truth images in --gt-dir of the same file-name stem, or runs "
+                    "--checkpoint over the test set of --config (fields overridden with --config.a.b=VALUE).")
+    p.add_argument("--pred-dir", help="folder of predictions: images, or .npy raw outputs in [-1, 1]")
+    p.add_argument("--gt-dir", help="folder of ground-truth images (matched by file-name stem)")
+    p.add_argument("--checkpoint", help="GLEAN model directory to evaluate on the --config test set")
+    p.add_argument("--config", help="config file (configs/*.py) whose config.data names the test set")
+    p.add_argument("--save-images", help="checkpoint mode: also write the outputs as <name>.png into this folder")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="checkpoint mode: images per model call")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="checkpoint mode: compute dtype (default float32)")
     p.add_argument("--json", help="write per-image and mean metrics as JSON here")
     p.add_argument("--csv", help="write per-image and mean metrics as CSV here")
     p.add_argument("--convention", choices=metrics.CONVENTIONS, default="1.x",
@@ -399,15 +414,46 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def _positive_int(text: str) -> int:
+    v = _non_negative_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 1")
+    return v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from glean_jax import evaluate_model
+
+    parser = build_parser()
+    rest, overrides = evaluate_model.split_config_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    pred_mode = args.pred_dir is not None or args.gt_dir is not None
+    model_mode = args.checkpoint is not None or args.config is not None
+    if pred_mode == model_mode:
+        parser.error("give either --pred-dir P --gt-dir G (score outputs) or --checkpoint DIR --config CFG (run a "
+                     "model on a test set)" + ("; got both" if pred_mode else "; got neither"))
+    if pred_mode and (args.pred_dir is None or args.gt_dir is None):
+        parser.error(f"{'--gt-dir' if args.gt_dir is None else '--pred-dir'} is missing; expected --pred-dir P "
+                     "--gt-dir G together")
+    if model_mode and (args.checkpoint is None or args.config is None):
+        parser.error(f"{'--config' if args.config is None else '--checkpoint'} is missing; expected --checkpoint "
+                     "DIR --config CFG together")
+    if pred_mode and (overrides or args.save_images is not None):
+        parser.error("--config.* overrides and --save-images belong to --checkpoint/--config mode; expected them "
+                     "without --pred-dir")
+    if model_mode and (args.skip_bad or args.pred_kind != "auto" or args.gray_as_rgb):
+        parser.error("--skip-bad, --pred-kind and --gray-as-rgb belong to --pred-dir mode; expected them without "
+                     "--checkpoint")
     json_path = _check_output_path(args.json, "--json")
     csv_path = _check_output_path(args.csv, "--csv")
     if json_path is not None and csv_path is not None and json_path.resolve() == csv_path.resolve():
         raise UserError(f"--json and --csv are both {json_path}; expected two different files")
-    acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
-    score_folders(args.pred_dir, args.gt_dir, acc, skip_bad=args.skip_bad, pred_kind=args.pred_kind,
-                  gray_as_rgb=args.gray_as_rgb)
+    if model_mode:
+        acc = evaluate_model.run(args, overrides)
+    else:
+        acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
+        score_folders(args.pred_dir, args.gt_dir, acc, skip_bad=args.skip_bad, pred_kind=args.pred_kind,
+                      gray_as_rgb=args.gray_as_rgb)
     summary = acc.summary()
     write_reports(summary, json_path, csv_path)
     print(format_table(summary, args.verbose))

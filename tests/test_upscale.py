@@ -293,3 +293,19 @@ def test_all_inputs_bad_writes_nothing(tmp_path, capsys):
 def test_bad_batch_size(tmp_path, capsys):
     rc, _, err = _run(capsys, "--checkpoint", tmp_path, tmp_path, "--output", tmp_path / "o", "--batch-size", "0")
     assert rc == 2 and "--batch-size" in err
+
+
+def test_module_entry_point(tmp_path):
+    """``python -m glean_jax.upscale``: a bad checkpoint is one line on stderr and exit code 2."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    _png(tmp_path / "a.png")
+    r = subprocess.run([sys.executable, "-m", "glean_jax.upscale", "--checkpoint", str(tmp_path / "nope"),
+                        str(tmp_path / "a.png"), "--output", str(tmp_path / "out")],
+                       cwd=repo, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such checkpoint directory (expected a "
+                                             "directory written by convert or train)"]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,228 @@
+"""``python -m glean_jax.evaluate --checkpoint DIR --config CFG``: a model's metrics on a config's test set.
+
+Equal to mmagic's test loop for GLEAN (spec §5.6): each test pair is read as uint8 RGB, the LQ normalised as
+mmagic's ``DataPreprocessor`` ((x - 127.5) / 127.5), the model's raw output turned into the prediction with the
+chosen convention (1.x: ``clamp(x * 127.5 + 127.5, 0, 255)`` as float, the default; 0.x: rounded to uint8) and
+scored against the GT by the same :class:`glean_jax.evaluate.MetricAccumulator` as ``--pred-dir`` mode (PSNR, SSIM,
+MAE equal to mmagic's metric classes, mean = mmagic's average).
+
+Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (``configs/*.py``);
+``CFG:ARG`` calls ``get_config(ARG)``. Fields are overridden as with ``ml_collections.config_flags``:
+``--config.data.test_root=PATH`` or ``--config.data.test_root PATH``; an unknown field or a value of the wrong
+type is an error naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ml_collections import ConfigDict, config_dict
+
+from glean_jax.errors import UserError
+
+CONFIG_PREFIX = "--config."
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def load_config_file(spec: str) -> ConfigDict:
+    """Imports ``path.py`` (or ``path.py:arg``) and returns its ``get_config()`` (``get_config(arg)``)."""
+    path_text, _, arg = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file; expected a Python config file such as configs/cat_x8.py")
+    name = f"_glean_jax_config_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"--config {path}: cannot be imported; expected a Python file (.py)")
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken config file is the user's to fix
+        raise UserError(f"--config {path}: importing it failed ({type(e).__name__}: {e})") from e
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise UserError(f"--config {path}: has no get_config(); expected a function returning a ConfigDict")
+    config = get_config(arg) if arg else get_config()
+    if not isinstance(config, ConfigDict):
+        raise UserError(f"--config {path}: get_config() returned {type(config).__name__}; expected a ConfigDict")
+    return config
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates ``--config.a.b=v`` / ``--config.a.b v`` from the other arguments: (rest, [(a.b, v), ...])."""
+    rest: list[str] = []
+    overrides: list[tuple[str, str]] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith(CONFIG_PREFIX):
+            key, eq, value = a[len(CONFIG_PREFIX):].partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    raise UserError(f"{a}: no value; expected {a}=VALUE")
+                value = args[i + 1]
+                i += 1
+            if not key:
+                raise UserError(f"{a}: no field name; expected --config.FIELD=VALUE")
+            overrides.append((key, value))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def _parse_value(text: str, kind: type | None, nullable: bool, where: str) -> Any:
+    if kind is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise UserError(f"{where}={text!r}: expected true or false")
+    if text == "None" and (nullable or kind is None):
+        return None
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"{where}={text!r}: expected an integer") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError(f"{where}={text!r}: expected a number") from None
+    if kind is str:
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if kind in (tuple, list, dict):
+            raise UserError(f"{where}={text!r}: expected a Python {kind.__name__} literal") from None
+        return text
+    if kind in (tuple, list) and isinstance(value, (tuple, list)):
+        return kind(value)
+    return value
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[tuple[str, str]], source: str = "config") -> ConfigDict:
+    """Sets each dotted field from its text (typed like the field's current value); unknown fields are errors."""
+    for key, text in overrides:
+        parts = key.split(".")
+        node: Any = config
+        for depth, part in enumerate(parts):
+            where = "config." + ".".join(parts[:depth + 1])
+            if not isinstance(node, ConfigDict) or part not in node:
+                parent = "config" + "".join("." + p for p in parts[:depth])
+                known = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else ""
+                raise UserError(f"--config.{key}: {source} has no field {where}"
+                                + (f"; expected one of the fields of {parent}: {known}" if known else ""))
+            if depth < len(parts) - 1:
+                node = node[part]
+        leaf = parts[-1]
+        where = f"--config.{key}"
+        if isinstance(node[leaf], ConfigDict):
+            raise UserError(f"{where}: is a group of fields; expected a leaf such as {where}.{next(iter(node[leaf]))}")
+        # None is accepted for fields that are None now or were declared as placeholders (nullable references).
+        nullable = node[leaf] is None or isinstance(getattr(node, "_fields", {}).get(leaf), config_dict.FieldReference)
+        value = _parse_value(text, node.get_type(leaf), nullable, where)
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{where}={text!r}: {e}") from None
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def check_geometry(config: ConfigDict, in_size: int, out_size: int, ckpt_dir: str | Path, cfg_name: str) -> None:
+    """The checkpoint's in/out size must equal ``config.model`` and ``config.data`` sizes (when present)."""
+    for group in ("model", "data"):
+        sub = config.get(group)
+        if not isinstance(sub, ConfigDict) or "in_size" not in sub or "out_size" not in sub:
+            if group == "data":
+                raise UserError(f"--config {cfg_name}: has no config.data.in_size/out_size; expected a config whose "
+                                "data field describes the test set")
+            continue
+        if (sub.in_size, sub.out_size) != (in_size, out_size):
+            raise UserError(f"--checkpoint {ckpt_dir}: model is {in_size}->{out_size} but {cfg_name} has "
+                            f"config.{group}.in_size={sub.in_size}, out_size={sub.out_size}; expected the same "
+                            "geometry (pick the config that matches the checkpoint)")
+
+
+def evaluate_checkpoint(ckpt_dir: str | Path, config: ConfigDict, accumulator: Any, *, cfg_name: str = "config",
+                        batch_size: int = 1, dtype: str = "float32", save_images: str | Path | None = None,
+                        progress: bool | None = None) -> Any:
+    """Runs the checkpoint over ``make_eval_dataset(config.data)`` and adds every image to ``accumulator``.
+
+    Images are keyed by their file-name stem (as ``--pred-dir`` mode keys them). With ``save_images`` the outputs
+    are also written there as ``<stem>.png`` (x * 127.5 + 127.5, clipped, rounded). Returns the accumulator.
+    """
+    from tqdm import tqdm
+
+    from glean_jax.data import make_eval_dataset
+    from glean_jax.images import to_uint8, write_png
+    from glean_jax.upscale import glean_geometry
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: expected an integer >= 1")
+    in_size, out_size = glean_geometry(ckpt_dir)
+    check_geometry(config, in_size, out_size, ckpt_dir, cfg_name)
+    dataset = make_eval_dataset(config.data)
+    n = len(dataset)
+    if n == 0:
+        raise UserError(f"--config {cfg_name}: the test set is empty; expected at least one image pair")
+    out_dir = None
+    if save_images is not None:
+        out_dir = Path(save_images)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"--save-images {out_dir}: exists and is not a folder; expected a folder")
+
+    from glean_jax.inference import SRModel
+
+    model = SRModel(ckpt_dir, dtype)
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--save-images {out_dir}: cannot create the folder ({e.strerror or e})") from e
+    bar = tqdm(total=n, desc="evaluate", unit="img", disable=None if progress is None else not progress)
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        lq = np.stack([it["lq"] for it in items])
+        if len(items) < batch_size and n > batch_size:  # one compiled shape for the whole run
+            lq = np.concatenate([lq, np.repeat(lq[-1:], batch_size - len(items), axis=0)])
+        raw = model.upscale_uint8(lq)
+        for it, out in zip(items, raw, strict=False):
+            stem = Path(it["name"]).stem
+            accumulator.add(stem, out, it["gt"], label=f"{it['name']} of {config.data.test_root}")
+            if out_dir is not None:
+                write_png(out_dir / f"{stem}.png", to_uint8(out))
+        bar.update(len(items))
+    bar.close()
+    accumulator.info.update({"checkpoint": str(ckpt_dir), "config": cfg_name, "dtype": dtype,
+                             "test_root": str(config.data.get("test_root", "")),
+                             "geometry": f"{in_size}->{out_size}"})
+    return accumulator
+
+
+def run(args: Any, overrides: Sequence[tuple[str, str]]) -> Any:
+    """The ``--checkpoint`` mode of :func:`glean_jax.evaluate.main` (``args`` from its parser)."""
+    from glean_jax.evaluate import MetricAccumulator
+
+    config = load_config_file(args.config)
+    apply_overrides(config, overrides, args.config)
+    acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
+    evaluate_checkpoint(args.checkpoint, config, acc, cfg_name=args.config, batch_size=args.batch_size,
+                        dtype=args.dtype, save_images=args.save_images)
+    print(f"evaluated {args.checkpoint} on {config.data.get('test_root', '')} ({len(acc)} images)", file=sys.stderr)
+    return acc
