@@ -16,6 +16,7 @@ import pytest
 
 from convert import mmagic as conv
 from convert import to_mmagic
+from glean_jax import generate
 from glean_jax.checkpoint import load_model
 from glean_jax.errors import run_cli
 from tests.oracle import mmagic_oracle as mo
@@ -197,6 +198,11 @@ def test_glean_restorer_round_trip(sg2, tmp_path, capsys):
     _assert_identical({k[14:]: v for k, v in full.items() if k.startswith("discriminator.")}, sg2["d"],
                       "GLEAN restorer discriminator round trip")
     assert sorted(k[10:] for k in full if k.startswith("generator.")) == sorted(gstate)
+    # the generate CLI samples a GLEAN checkpoint through its bank: the bank it finds is generator.generator.*
+    arch, bank = generate.load_bank(tmp_path / "ckpt")
+    assert arch["out_size"] == 64 and arch["style_channels"] == 512
+    _assert_identical(to_mmagic.module_state("stylegan2_generator", arch, bank),
+                      {k[10:]: v for k, v in gstate.items() if k.startswith("generator.")}, "GLEAN bank")
 
 
 # ---------------------------------------------------------------------------------------------- bad input
