@@ -1,0 +1,244 @@
+"""Training configuration: the field schema shared by every ``configs/*.py`` and its validation.
+
+Every config file builds on :func:`base_config` (mmagic's recipe, spec §5: Adam lr 1e-4, betas (0.9, 0.99),
+eps 1e-8 for G and D, 300k iterations, loss weights pixel 1 / perceptual 1e-2 / GAN 1e-2) and changes only what its
+mmagic config changes. :func:`validate_config` rejects unknown fields and bad values with one line naming the field,
+the value and what is expected, before anything is computed. Importing this module does not import JAX.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from ml_collections import ConfigDict, config_dict
+
+from glean_jax.data import default_data_config
+from glean_jax.errors import UserError
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+SCHEDULES = ("cosine_restart_0x", "cosine_1x", "constant")
+
+
+def base_config() -> ConfigDict:
+    """All training fields with mmagic's defaults (the cat x8 geometry; configs override what differs)."""
+    c = ConfigDict()
+
+    c.model = ConfigDict()
+    c.model.in_size = 32
+    c.model.out_size = 256
+    c.model.num_rrdbs = 23
+    c.model.rrdb_channels = 64
+    c.model.style_channels = 512
+    c.model.channel_multiplier = 2
+    c.model.fp16_enabled = False      # mmagic generator/discriminator fp16_enabled (weight/style normalisation)
+    c.model.remat = False             # rematerialise RRDB blocks (less memory, more compute)
+    # mmagic trains with DDP: each GPU's discriminator sees only its local batch, so the minibatch-stddev groups are
+    # formed within it. With mbstd_per_shard the global batch is split into `mbstd_shards` equal parts (mmagic's GPU
+    # count) and D is vmapped over them, whatever our device count is.
+    c.model.mbstd_per_shard = True
+    c.model.mbstd_shards = 2
+    c.model.mbstd_group_size = 4
+
+    c.pretrained = ConfigDict()
+    c.pretrained.stylegan2 = config_dict.placeholder(str)   # converted official StyleGAN2 checkpoint (bank + D)
+    c.pretrained.vgg16 = config_dict.placeholder(str)       # converted torchvision vgg16
+    c.pretrained.glean = config_dict.placeholder(str)       # optional converted GLEAN checkpoint to fine-tune
+    c.pretrained.allow_random = False                       # random bank/D/VGG allowed (demo, tests only)
+
+    c.data = default_data_config()
+
+    c.optim = ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.eps = 1e-8
+    c.optim.schedule = "cosine_restart_0x"
+    c.optim.eta_min = 1e-7
+    c.optim.t_max = 600_000           # cosine_1x only (mmagic 1.x CosineAnnealingLR T_max)
+
+    c.loss = ConfigDict()
+    c.loss.pixel_weight = 1.0
+    c.loss.perceptual_weight = 1e-2
+    c.loss.gan_weight = 1e-2
+    c.loss.norm_img = False
+
+    c.batch_size = 16                 # global batch (mmagic: GPUs x batch per GPU)
+    c.total_steps = 300_000
+    c.precision = "float32"
+    c.loss_scale = ConfigDict()       # float16 only: flax DynamicScale
+    c.loss_scale.init = 2.0 ** 15
+    c.loss_scale.growth_interval = 2000
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1                  # -1: all devices not used by the model axis
+    c.mesh.model = 1
+    c.mesh.shard_min_size = 1 << 20   # params with at least this many elements are sharded over 'model'
+
+    c.log_every = 100
+    c.checkpoint_every = 5000
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.sample_every = 5000
+    c.eval_every = 5000
+    c.eval_max_images = 100
+    c.seed = 0
+    c.max_bad_steps = 100
+    c.peak_tflops_per_device = config_dict.placeholder(float)   # for MFU; None = not logged
+    return c
+
+
+def _schema_check(cfg: Any, schema: ConfigDict, prefix: str) -> None:
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise UserError(f"config.{name}: unknown field; expected one of {', '.join(sorted(schema.keys()))}")
+        if isinstance(schema[key], ConfigDict):
+            if not isinstance(cfg[key], ConfigDict):
+                raise UserError(f"config.{name}={cfg[key]!r}: expected a group of fields")
+            _schema_check(cfg[key], schema[key], name + ".")
+    for key in schema.keys():
+        if key not in cfg:
+            raise UserError(f"config.{prefix}{key}: missing field; start the config from base_config()")
+
+
+def _int(cfg: ConfigDict, name: str, lo: int | None = None) -> int:
+    v = _get_path(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+        raise UserError(f"config.{name}={v!r}: expected an integer" + (f" >= {lo}" if lo is not None else ""))
+    return v
+
+
+def _float(cfg: ConfigDict, name: str, lo: float = 0.0, strict: bool = False) -> float:
+    v = _get_path(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or (strict and v == lo):
+        raise UserError(f"config.{name}={v!r}: expected a finite number {'>' if strict else '>='} {lo}")
+    return float(v)
+
+
+def _bool(cfg: ConfigDict, name: str) -> bool:
+    v = _get_path(cfg, name)
+    if not isinstance(v, bool):
+        raise UserError(f"config.{name}={v!r}: expected True or False")
+    return v
+
+
+def _choice(cfg: ConfigDict, name: str, choices: tuple) -> Any:
+    v = _get_path(cfg, name)
+    if v not in choices:
+        raise UserError(f"config.{name}={v!r}: expected one of {', '.join(map(repr, choices))}")
+    return v
+
+
+def _get_path(cfg: ConfigDict, name: str) -> Any:
+    v = cfg
+    for part in name.split("."):
+        v = v[part]
+    return v
+
+
+def _pow2(v: int) -> bool:
+    return v >= 1 and v & (v - 1) == 0
+
+
+def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
+    """Raises a one-line :class:`UserError` for the first unknown field or bad value of ``cfg``."""
+    _schema_check(cfg, base_config(), "")
+    in_size, out_size = _int(cfg, "model.in_size", 4), _int(cfg, "model.out_size", 8)
+    if not _pow2(in_size):
+        raise UserError(f"config.model.in_size={in_size}: expected a power of two >= 4")
+    if not _pow2(out_size) or out_size > 1024:
+        raise UserError(f"config.model.out_size={out_size}: expected a power of two between 8 and 1024")
+    if in_size >= out_size:
+        raise UserError(f"config.model.in_size={in_size} >= model.out_size={out_size}; expected in_size < out_size")
+    _int(cfg, "model.num_rrdbs", 1)
+    _int(cfg, "model.rrdb_channels", 1)
+    _int(cfg, "model.style_channels", 1)
+    _choice(cfg, "model.channel_multiplier", (1, 2))
+    _bool(cfg, "model.fp16_enabled")
+    _bool(cfg, "model.remat")
+    _bool(cfg, "model.mbstd_per_shard")
+    shards = _int(cfg, "model.mbstd_shards", 1)
+    _int(cfg, "model.mbstd_group_size", 1)
+    batch = _int(cfg, "batch_size", 1)
+    if cfg.model.mbstd_per_shard and batch % shards:
+        raise UserError(f"config.batch_size={batch} is not divisible by model.mbstd_shards={shards}; expected a "
+                        "multiple (each discriminator shard sees batch_size / mbstd_shards images)")
+    local_d = batch // shards if cfg.model.mbstd_per_shard else batch
+    g = cfg.model.mbstd_group_size
+    if local_d > g and local_d % g:
+        raise UserError(f"config: the discriminator sees batches of {local_d} images, not a multiple of "
+                        f"model.mbstd_group_size={g}; expected <= {g} or a multiple (as mmagic requires)")
+
+    if cfg.data.in_size != in_size or cfg.data.out_size != out_size:
+        raise UserError(f"config.data.in_size/out_size={cfg.data.in_size}/{cfg.data.out_size} differ from "
+                        f"model.in_size/out_size={in_size}/{out_size}; expected the same geometry")
+    _choice(cfg, "data.source", ("folder", "synthetic", "tfds"))
+    if cfg.data.source == "tfds":
+        raise UserError("config.data.source='tfds': needs tensorflow-datasets, not supported; expected 'folder' or "
+                        "'synthetic'")
+    if check_files and cfg.data.source == "folder" and not os.path.isdir(cfg.data.root):
+        raise UserError(f"config.data.root={cfg.data.root!r}: no such directory; expected the training set folder")
+
+    for key in ("stylegan2", "vgg16", "glean"):
+        path = cfg.pretrained[key]
+        if path is not None and not isinstance(path, str):
+            raise UserError(f"config.pretrained.{key}={path!r}: expected a path or None")
+        if check_files and path and not os.path.isdir(path):
+            raise UserError(f"config.pretrained.{key}={path!r}: no such directory; expected a converted checkpoint "
+                            "directory (python -m convert.mmagic / convert.torchvision_vgg16)")
+    allow = _bool(cfg, "pretrained.allow_random")
+    if not allow:
+        if not cfg.pretrained.stylegan2 and not cfg.pretrained.glean:
+            raise UserError("config.pretrained.stylegan2=None: expected a converted official StyleGAN2 checkpoint "
+                            "(python -m convert.mmagic SRC.pth OUT_DIR), or pretrained.allow_random=True for a "
+                            "random bank (demos and tests only)")
+        if not cfg.pretrained.vgg16:
+            raise UserError("config.pretrained.vgg16=None: expected a converted torchvision vgg16 checkpoint "
+                            "(python -m convert.torchvision_vgg16 SRC.pth OUT_DIR), or pretrained.allow_random=True")
+
+    _float(cfg, "optim.lr", 0.0, strict=True)
+    for key in ("b1", "b2"):
+        v = _float(cfg, f"optim.{key}")
+        if v >= 1:
+            raise UserError(f"config.optim.{key}={v!r}: expected a number in [0, 1)")
+    _float(cfg, "optim.eps", 0.0, strict=True)
+    _choice(cfg, "optim.schedule", SCHEDULES)
+    _float(cfg, "optim.eta_min")
+    _int(cfg, "optim.t_max", 1)
+    for key in ("pixel_weight", "perceptual_weight", "gan_weight"):
+        _float(cfg, f"loss.{key}")
+    _bool(cfg, "loss.norm_img")
+
+    _int(cfg, "total_steps", 1)
+    _choice(cfg, "precision", PRECISIONS)
+    _float(cfg, "loss_scale.init", 1.0)
+    _int(cfg, "loss_scale.growth_interval", 1)
+    data_axis = _int(cfg, "mesh.data")
+    _int(cfg, "mesh.model", 1)
+    if data_axis == 0 or data_axis < -1:
+        raise UserError(f"config.mesh.data={data_axis}: expected -1 (all devices) or a positive integer")
+    _int(cfg, "mesh.shard_min_size", 1)
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_every", "eval_every", "max_bad_steps"):
+        _int(cfg, key, 1)
+    _int(cfg, "eval_max_images", 0)
+    _bool(cfg, "async_checkpointing")
+    _int(cfg, "seed", 0)
+    if cfg.peak_tflops_per_device is not None:
+        _float(cfg, "peak_tflops_per_device", 0.0, strict=True)
+
+
+def mesh_shape(cfg: ConfigDict, device_count: int) -> tuple[int, int]:
+    """(data, model) axis sizes for ``device_count`` devices; errors name the config field."""
+    model = cfg.mesh.model
+    if device_count % model:
+        raise UserError(f"config.mesh.model={model}: does not divide the {device_count} devices; expected a divisor")
+    data = device_count // model if cfg.mesh.data == -1 else cfg.mesh.data
+    if data * model != device_count:
+        raise UserError(f"config.mesh.data={cfg.mesh.data} x mesh.model={model} != {device_count} devices; expected "
+                        "their product to equal the device count (or mesh.data=-1)")
+    if cfg.batch_size % data:
+        raise UserError(f"config.batch_size={cfg.batch_size} is not divisible by the {data} data-parallel devices; "
+                        "expected a multiple")
+    return data, model

@@ -1,0 +1,456 @@
+"""``train_and_evaluate(config, workdir)``: GLEAN training as mmagic's ``IterBasedTrainLoop`` + ``SRGAN`` (spec §5).
+
+Initialisation (spec §5, §6, §7.1): the bank (GLEAN ``params['generator']`` and its fixed noise buffers) comes from
+the ``generator_ema`` of a converted official StyleGAN2 checkpoint (``pretrained.stylegan2``) and is verified to
+have been loaded (mmagic 1.x silently leaves it random); the discriminator from the same checkpoint; VGG16 from a
+converted torchvision checkpoint; ``pretrained.glean`` optionally starts G (and D if present) from a converted GLEAN
+checkpoint. Missing pretrained weights are an error unless ``pretrained.allow_random``.
+
+The loop: one jitted step per iteration (:mod:`glean_jax.training.step`), orbax checkpoints every
+``checkpoint_every`` steps and on SIGTERM/SIGINT, automatic resume from ``WORKDIR/checkpoints``, TensorBoard scalars
+in ``WORKDIR/tb``, sample grids (LR | bicubic | output | GT) in ``WORKDIR/samples``, evaluation (PSNR/SSIM/MAE as
+mmagic 1.x computes them: output clamped to [0, 255] as float, all three channels, crop 0) on the test set, the
+best model by PSNR exported to ``WORKDIR/best_psnr`` and the final one to ``WORKDIR/model`` (model directories that
+``glean_jax.checkpoint.load_model`` and the other CLIs read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from glean_jax import metrics as metrics_lib
+from glean_jax.checkpoint import load_model, save_model
+from glean_jax.errors import UserError
+from glean_jax.images import make_grid, normalize, to_uint8, write_png
+from glean_jax.models.build import init_variables
+from glean_jax.training import step as step_lib
+from glean_jax.training.checkpointing import RunCheckpoints, abstract_like
+from glean_jax.training.config import validate_config
+
+log = logging.getLogger("glean_jax.train")
+
+
+# ----------------------------------------------------------------------------------------------------- host helpers
+def to_host(tree: Any) -> Any:
+    """Global (possibly multi-process, sharded) arrays -> numpy, on every process."""
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> np.ndarray:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def to_global(tree: Any, shardings: Any) -> Any:
+    """Host arrays, identical on every process, -> global arrays with ``shardings`` (works multi-process)."""
+    def one(x: Any, s: NamedSharding) -> jax.Array:
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    return jax.tree_util.tree_map(one, tree, shardings)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_tree(loaded: Any, expected: Any, what: str, hint: str) -> None:
+    """Raises a UserError naming the first missing, extra or mis-shaped array of ``loaded`` vs ``expected``."""
+    a, b = _flat(loaded), _flat(expected)
+    for name in sorted(b):
+        if name not in a:
+            raise UserError(f"{what}: {name} is missing; expected the arrays of {hint}")
+        if tuple(np.shape(a[name])) != tuple(np.shape(b[name])):
+            raise UserError(f"{what}: {name} has shape {tuple(np.shape(a[name]))} but the config needs "
+                            f"{tuple(np.shape(b[name]))}; expected {hint}")
+    extra = sorted(set(a) - set(b))
+    if extra:
+        raise UserError(f"{what}: unexpected array {extra[0]} ({len(extra)} extra); expected {hint}")
+
+
+# ------------------------------------------------------------------------------------------------ initial weights
+def _arch_mismatch(meta_arch: dict | None, cfg: ConfigDict, keys: dict[str, Any], path: str, what: str) -> None:
+    if not meta_arch:
+        raise UserError(f"{path}: holds no {what}; expected a checkpoint with one")
+    for key, want in keys.items():
+        have = meta_arch.get(key)
+        if have is not None and have != want:
+            raise UserError(f"{path}: {what} has {key}={have} but the config needs {want}; expected a checkpoint "
+                            "matching the config's geometry (model.*)")
+
+
+def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, dict]:
+    """``(glean_variables, d_params, vgg_params, info)`` as numpy trees; see the module docstring."""
+    from glean_jax.models.vgg import init_vgg16_params, load_vgg16
+
+    m, pre = cfg.model, cfg.pretrained
+    key = jax.random.key(cfg.seed)
+    gv = to_host(init_variables("glean", g, jax.random.fold_in(key, 0)))
+    dv = to_host(init_variables("stylegan2_discriminator", d, jax.random.fold_in(key, 1)))
+    gv, d_params = {"params": dict(gv["params"]), "buffers": dict(gv["buffers"])}, dv["params"]
+    info = {"bank": "random", "discriminator": "random", "vgg16": "random", "glean": "random"}
+    hint_d = f"a StyleGAN2 discriminator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
+    if pre.stylegan2:
+        meta, variables = load_model(pre.stylegan2)
+        if meta.get("kind") != "stylegan2":
+            raise UserError(f"config.pretrained.stylegan2={pre.stylegan2!r}: checkpoint kind is {meta.get('kind')!r}; "
+                            "expected 'stylegan2' (python -m convert.mmagic stylegan2-...-official.pth OUT_DIR)")
+        _arch_mismatch(meta.get("generator"), cfg, {"out_size": m.out_size, "style_channels": m.style_channels,
+                                                    "channel_multiplier": m.channel_multiplier},
+                       pre.stylegan2, "the StyleGAN2 generator")
+        bank = variables["generator"]
+        what = f"config.pretrained.stylegan2={pre.stylegan2!r} (bank)"
+        hint = f"a StyleGAN2 generator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
+        check_tree(bank.get("params"), gv["params"][step_lib.BANK], what, hint)
+        check_tree(bank.get("buffers"), gv["buffers"][step_lib.BANK], what, hint)
+        gv["params"][step_lib.BANK] = bank["params"]
+        gv["buffers"][step_lib.BANK] = bank["buffers"]
+        info["bank"] = f"{pre.stylegan2} (generator_ema)"
+        if variables.get("discriminator") is None:
+            if not pre.allow_random:
+                raise UserError(f"config.pretrained.stylegan2={pre.stylegan2!r}: holds no discriminator; expected the "
+                                "full official checkpoint (generator_ema + discriminator)")
+        else:
+            _arch_mismatch(meta.get("discriminator"), cfg, {"in_size": m.out_size}, pre.stylegan2,
+                           "the discriminator")
+            check_tree(variables["discriminator"]["params"], d_params,
+                       f"config.pretrained.stylegan2={pre.stylegan2!r} (discriminator)", hint_d)
+            d_params = variables["discriminator"]["params"]
+            info["discriminator"] = f"{pre.stylegan2} (discriminator)"
+    if pre.glean:
+        meta, variables = load_model(pre.glean)
+        if meta.get("kind") != "glean":
+            raise UserError(f"config.pretrained.glean={pre.glean!r}: checkpoint kind is {meta.get('kind')!r}; "
+                            "expected 'glean' (a converted GLEAN checkpoint or a training export)")
+        _arch_mismatch(meta.get("generator"), cfg, {"in_size": m.in_size, "out_size": m.out_size,
+                                                    "num_rrdbs": m.num_rrdbs, "rrdb_channels": m.rrdb_channels,
+                                                    "channel_multiplier": m.channel_multiplier},
+                       pre.glean, "the GLEAN generator")
+        hint = f"GLEAN {m.in_size}->{m.out_size} with {m.num_rrdbs} RRDBs of {m.rrdb_channels} channels"
+        check_tree(variables["generator"], gv, f"config.pretrained.glean={pre.glean!r}", hint)
+        if pre.stylegan2:   # the bank must stay the official one: keep it, fine-tune the rest
+            variables["generator"]["params"][step_lib.BANK] = gv["params"][step_lib.BANK]
+            variables["generator"]["buffers"][step_lib.BANK] = gv["buffers"][step_lib.BANK]
+        else:
+            info["bank"] = f"{pre.glean} (GLEAN bank)"
+        gv = variables["generator"]
+        info["glean"] = str(pre.glean)
+        if variables.get("discriminator") is not None:
+            check_tree(variables["discriminator"]["params"], d_params,
+                       f"config.pretrained.glean={pre.glean!r} (discriminator)", hint_d)
+            d_params = variables["discriminator"]["params"]
+            info["discriminator"] = f"{pre.glean} (discriminator)"
+    if info["discriminator"] == "random" and not pre.allow_random:
+        raise UserError("config.pretrained: no discriminator weights found; expected pretrained.stylegan2 with a "
+                        "discriminator, or pretrained.allow_random=True")
+    if pre.vgg16:
+        vgg = load_vgg16(pre.vgg16)
+        info["vgg16"] = str(pre.vgg16)
+    else:
+        vgg = init_vgg16_params(cfg.seed)
+    return gv, d_params, to_host(vgg), info
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+class _StopSignal:
+    """SIGTERM/SIGINT -> finish the current step, save a checkpoint, exit cleanly."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt   # a second Ctrl-C stops at once
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _grid_rows(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Tiles LR (nearest) | bicubic | output | GT for each image (inputs in [-1, 1], NHWC)."""
+    n, s = out.shape[0], out.shape[1]
+    nearest = np.repeat(np.repeat(lq, s // lq.shape[1], axis=1), s // lq.shape[2], axis=2)
+    bicubic = np.asarray(jax.image.resize(jnp.asarray(lq), (n, s, s, 3), "bicubic"))
+    tiles = np.stack([to_uint8(nearest), to_uint8(bicubic), to_uint8(out), to_uint8(gt)], axis=1)
+    return make_grid(tiles.reshape((-1,) + tiles.shape[2:]), nrow=4)
+
+
+class Evaluator:
+    """PSNR/SSIM/MAE of the generator on the config's test set (batch 1, replicated, as mmagic's val loop)."""
+
+    def __init__(self, cfg: ConfigDict, g: Any, mesh: Mesh, frozen_sharding: Any, g_sharding: Any) -> None:
+        from glean_jax.data.loader import make_eval_dataset
+
+        self.dataset = None
+        try:
+            self.dataset = make_eval_dataset(cfg.data)
+        except UserError as e:
+            log.warning("no evaluation: the test set is not usable (%s)", e)
+        self.max_images = cfg.eval_max_images
+        self.mesh = mesh
+        self.replicated = NamedSharding(mesh, P())
+        self.apply = jax.jit(lambda tp, frozen, lq: g.apply(step_lib.glean_variables(tp, frozen), lq),
+                             in_shardings=(g_sharding, frozen_sharding, self.replicated),
+                             out_shardings=self.replicated)
+
+    def _items(self, limit: int) -> list[dict]:
+        n = min(len(self.dataset), limit) if self.dataset is not None else 0
+        return [self.dataset[i] for i in range(n)]
+
+    def _run(self, g_params: Any, frozen: Any, lq_uint8: np.ndarray) -> np.ndarray:
+        lq = normalize(lq_uint8)[None]
+        lq = jax.make_array_from_callback(lq.shape, self.replicated, lambda idx: lq[idx])
+        return to_host(self.apply(g_params, frozen, lq))[0]
+
+    def evaluate(self, g_params: Any, frozen: Any) -> dict[str, float]:
+        items = self._items(self.max_images)
+        if not items:
+            return {}
+        psnrs, ssims, maes = [], [], []
+        for item in items:
+            pred = metrics_lib.output_to_image(self._run(g_params, frozen, item["lq"]), "1.x")
+            gt = item["gt"].astype(np.float32)
+            psnrs.append(metrics_lib.psnr(gt, pred))
+            maes.append(metrics_lib.mae(gt, pred))
+            if min(gt.shape[:2]) >= 11:
+                ssims.append(metrics_lib.ssim(gt, pred))
+        res = {"psnr": float(metrics_lib.average(psnrs)), "mae": float(metrics_lib.average(maes))}
+        if ssims:
+            res["ssim"] = float(metrics_lib.average(ssims))
+        return res
+
+    def grid(self, g_params: Any, frozen: Any, n: int = 4) -> np.ndarray | None:
+        items = self._items(n)
+        if not items:
+            return None
+        outs = np.stack([self._run(g_params, frozen, it["lq"]) for it in items])
+        lq = np.stack([normalize(it["lq"]) for it in items])
+        gt = np.stack([normalize(it["gt"]) for it in items])
+        return _grid_rows(lq, outs, gt)
+
+
+def export_model(path: Path, cfg: ConfigDict, g: Any, state: Any, frozen: dict, source: dict) -> None:
+    """Writes a GLEAN model directory (``kind: glean``, generator + discriminator) from the train state."""
+    g_params = to_host(state.g_params)
+    bank = to_host(frozen["bank"])
+    d_params = to_host(state.d_params)
+    if jax.process_index() != 0:
+        return
+    variables = {"generator": {"params": {**g_params, step_lib.BANK: bank["params"]},
+                               "buffers": {step_lib.BANK: bank["buffers"]}},
+                 "discriminator": {"params": d_params}}
+    meta = {"kind": "glean", "generator": {"kind": "glean", **g.arch()},
+            "discriminator": {"kind": "stylegan2_discriminator", "in_size": cfg.model.out_size,
+                              "channel_multiplier": cfg.model.channel_multiplier,
+                              "fp16_enabled": cfg.model.fp16_enabled},
+            "source": source}
+    save_model(path, meta, variables, overwrite=True)
+
+
+def _compiled_flops(compiled: Any) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0]
+        flops = float(cost.get("flops", 0.0))
+        return flops if flops > 0 else None
+    except Exception:  # noqa: BLE001 - cost analysis is optional
+        return None
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Trains (or resumes) in ``workdir``; returns a summary (step, last metrics, eval results, stop reason).
+
+    ``stop_after`` ends this run after that many steps with a checkpoint, as if the job had been stopped (tests,
+    preemptible jobs); ``config.total_steps`` still defines the schedule.
+    """
+    validate_config(config)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    mesh = step_lib.make_mesh(config)
+    g, d = step_lib.build_modules(config)
+    from glean_jax.data.loader import make_train_iterator, to_global_batch
+
+    data_iter = make_train_iterator(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+
+    t0 = time.time()
+    gv, d_params, vgg, info = initial_weights(config, g, d)
+    trainable, bank_params = step_lib.split_glean_params(gv["params"])
+    frozen_host = {"bank": {"params": bank_params, "buffers": gv["buffers"][step_lib.BANK]}, "vgg": vgg}
+    frozen_sharding = step_lib.tree_shardings(frozen_host, mesh, config)
+    frozen = to_global(frozen_host, frozen_sharding)
+    if info["bank"] != "random":   # verify that what the step sees is the checkpoint's bank, bit for bit
+        for name, arr in _flat(to_host(frozen["bank"])).items():
+            if not np.array_equal(arr, np.asarray(_flat(frozen_host["bank"])[name])):
+                raise UserError(f"bank array {name} differs from {info['bank']} after loading; expected equal")
+    rng = np.asarray(jax.random.PRNGKey(config.seed))
+    abstract = jax.eval_shape(lambda tr, dp, r: step_lib.make_state(config, tr, dp, r), trainable, d_params, rng)
+    state_sharding = step_lib.tree_shardings(abstract, mesh, config)
+    ckpts = RunCheckpoints(workdir, config.keep_checkpoints, config.async_checkpointing)
+    latest = ckpts.latest_step()
+    best_psnr = -math.inf
+    if latest is not None:
+        state, meta = ckpts.restore(latest, abstract_like(abstract, state_sharding), data_iter)
+        best_psnr = float(meta.get("best_psnr", -math.inf) or -math.inf)
+        log.info("resumed from %s at step %d", ckpts.directory / str(latest), int(meta["step"]))
+    else:
+        g_sh = step_lib.tree_shardings(trainable, mesh, config)
+        d_sh = step_lib.tree_shardings(d_params, mesh, config)
+        state = jax.jit(lambda tr, dp, r: step_lib.make_state(config, tr, dp, r), out_shardings=state_sharding)(
+            to_global(trainable, g_sh), to_global(d_params, d_sh), rng)
+    del gv, trainable, d_params
+    log.info("initialised in %.1f s: %s", time.time() - t0, info)
+
+    train_step = step_lib.jit_train_step(config, g, d, mesh, state_sharding, frozen_sharding)
+    evaluator = Evaluator(config, g, mesh, frozen_sharding, state_sharding.g_params)
+    writer = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(workdir / "tb"))
+        (workdir / "samples").mkdir(exist_ok=True)
+
+    step = int(to_host(state.step))
+    start_step = step
+    summary: dict[str, Any] = {"start_step": start_step, "info": info, "eval": {}, "stopped": None}
+    window: dict[str, list[float]] = {}
+    compiled = None
+    flops = None
+    t_window, n_window = 0.0, 0
+
+    def save(force: bool = False) -> None:
+        meta = {"step": step, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
+                "in_size": config.model.in_size, "out_size": config.model.out_size, "precision": config.precision}
+        ckpts.save(step, state, data_iter, meta, force=force)
+
+    def source(kind: str) -> dict:
+        return {"trained_by": "glean_jax.train", "step": step, "export": kind, "pretrained": info}
+
+    pbar = None
+    if progress and is_main:
+        from tqdm import tqdm
+
+        pbar = tqdm(total=config.total_steps, initial=step, dynamic_ncols=True, desc="train")
+    try:
+        with _StopSignal() as stop:
+            if step == 0:   # the starting point of the validation curve
+                res = evaluator.evaluate(state.g_params, frozen)
+                if res:
+                    summary["eval"][0] = res
+                    log.info("step 0 eval: %s", res)
+                    if writer is not None:
+                        for k, v in res.items():
+                            writer.add_scalar(f"eval/{k}", v, 0)
+            while step < config.total_steps:
+                batch = to_global_batch(next(data_iter), mesh)
+                if compiled is None:
+                    tc = time.time()
+                    compiled = train_step.lower(state, frozen, batch).compile()
+                    flops = _compiled_flops(compiled)
+                    log.info("train step compiled in %.1f s (%.3g FLOP per step)", time.time() - tc, flops or 0)
+                ts = time.time()
+                state, m = compiled(state, frozen, batch)
+                m = jax.device_get(m)
+                dt = time.time() - ts
+                step += 1
+                t_window += dt
+                n_window += 1
+                for k, v in m.items():
+                    window.setdefault(k, []).append(float(v))
+                summary["last"] = {k: float(v) for k, v in m.items()}
+                if int(m["bad_steps"]) >= config.max_bad_steps:
+                    ckpts.wait()
+                    raise UserError(f"training stopped at step {step}: {int(m['bad_steps'])} non-finite steps in a "
+                                    f"row (loss_g={float(m['loss_g']):.4g}, loss_d={float(m['loss_d']):.4g}); the "
+                                    f"last good checkpoint is kept in {ckpts.directory}; expected finite losses "
+                                    "(lower optim.lr, check the data, or use precision='float32')")
+                if pbar is not None:
+                    pbar.update(1)
+                    pbar.set_postfix(loss_g=f"{m['loss_g']:.4f}", loss_d=f"{m['loss_d']:.4f}",
+                                     img_s=f"{config.batch_size / max(dt, 1e-9):.2f}")
+                if step % config.log_every == 0 or step == config.total_steps:
+                    scalars = {f"train/{k}": float(np.mean(v)) for k, v in window.items()}
+                    scalars["train/step_time_s"] = t_window / n_window
+                    scalars["train/images_per_s"] = config.batch_size * n_window / t_window
+                    if flops:
+                        tflops = flops / (t_window / n_window) / 1e12 / jax.device_count()
+                        scalars["train/tflops_per_device"] = tflops
+                        if config.peak_tflops_per_device:
+                            scalars["train/mfu"] = tflops / config.peak_tflops_per_device
+                    summary["throughput"] = {k: scalars[k] for k in scalars if "time" in k or "per" in k}
+                    if writer is not None:
+                        for k, v in scalars.items():
+                            writer.add_scalar(k, v, step)
+                        writer.flush()
+                    window, t_window, n_window = {}, 0.0, 0
+                do_eval = step % config.eval_every == 0 or step == config.total_steps
+                if do_eval:
+                    res = evaluator.evaluate(state.g_params, frozen)
+                    if res:
+                        summary["eval"][step] = res
+                        log.info("step %d eval: %s", step, res)
+                        if writer is not None:
+                            for k, v in res.items():
+                                writer.add_scalar(f"eval/{k}", v, step)
+                            writer.flush()
+                        if res["psnr"] > best_psnr:
+                            best_psnr = res["psnr"]
+                            export_model(workdir / "best_psnr", config, g, state, frozen, source("best_psnr"))
+                if do_eval or step % config.sample_every == 0:
+                    grid = evaluator.grid(state.g_params, frozen)
+                    if grid is not None and is_main:
+                        write_png(workdir / "samples" / f"step_{step:07d}.png", grid)
+                if step % config.checkpoint_every == 0 or step == config.total_steps:
+                    save()
+                if stop.received is not None or (stop_after is not None and step - start_step >= stop_after):
+                    summary["stopped"] = "signal" if stop.received is not None else "stop_after"
+                    save(force=True)
+                    break
+        if step >= config.total_steps:
+            export_model(workdir / "model", config, g, state, frozen, source("final"))
+    finally:
+        if pbar is not None:
+            pbar.close()
+        ckpts.close()
+        if writer is not None:
+            writer.close()
+    summary["step"] = step
+    summary["state"] = state
+    if is_main:
+        keep = {k: v for k, v in summary.items() if k != "state"}
+        (workdir / "summary.json").write_text(json.dumps(keep, indent=2, default=str))
+    return summary
