@@ -145,27 +145,30 @@ def _check_output(path: str, flag: str, suffix: str) -> Path:
     return p
 
 
-_COMPILED: dict = {}   # (arch, dtype, batch, flags) -> compiled sampler, reused within a process
+_COMPILED: dict = {}   # (arch, dtype, what, shape, noise) -> compiled function, reused within a process
 
 
-def _sampler(arch: dict, dtype: str, variables: dict, latents: np.ndarray, mean: np.ndarray | None,
-             input_is_latent: bool, truncation: float, noise: str):
-    """The compiled ``(variables, latents, mean, key) -> images`` function for one batch shape; (fn, compile s)."""
+def _compiled(arch: dict, dtype: str, what: str, variables: dict, x: np.ndarray, noise: str = "fixed"):
+    """The compiled bank function for one batch shape, and its compile time in s (0 when cached).
+
+    ``what`` = 'mapping': ``(variables, z) -> W`` (mmagic ``style_mapping``); 'synthesis': ``(variables, W+, key) ->
+    images`` (mmagic's forward after the latents are formed). Every input kind (z, W, W+, truncated or not) runs
+    the same synthesis executable, so a session compiles it once per batch shape, dtype and noise mode.
+    """
     import jax
 
     from glean_jax.models.build import build_generator
 
-    key = (tuple(sorted(arch.items())), dtype, latents.shape, input_is_latent, truncation, noise)
+    key = (tuple(sorted(arch.items())), dtype, what, x.shape, noise)
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     g = build_generator(arch, dtype)
-
-    def run(v, lat, m, rng):
-        return g.apply(v, lat, input_is_latent=input_is_latent, truncation=truncation, truncation_latent=m,
-                       noise=noise, rngs={"noise": rng})
-
     t0 = time.perf_counter()
-    fn = jax.jit(run).lower(variables, latents, mean, jax.random.key(0)).compile()
+    if what == "mapping":
+        fn = jax.jit(lambda v, z: g.apply(v, z, method="mapping")).lower(variables, x).compile()
+    else:
+        fn = jax.jit(lambda v, w, rng: g.apply(v, w, noise, method="synthesis", rngs={"noise": rng})).lower(
+            variables, x, jax.random.key(0)).compile()
     _COMPILED[key] = fn
     return fn, time.perf_counter() - t0
 
@@ -200,16 +203,29 @@ def generate(arch: dict, variables: dict, latents: np.ndarray, *, input_is_laten
     variables = jax.device_put(variables)
     outs = []
     base = jax.random.key(noise_seed)
+    num_latents = 2 * int(math.log2(int(arch["out_size"]))) - 2
     with tqdm(total=n, desc="generate", unit="img", disable=not progress, file=sys.stderr) as bar:
         for i, start in enumerate(range(0, n, bs)):
             batch = latents[start:start + bs]
             real = batch.shape[0]
             if real < bs:  # pad the last batch: one compiled shape for all batches
                 batch = np.concatenate([batch, np.repeat(batch[-1:], bs - real, axis=0)])
-            fn, ct = _sampler(arch, dtype, variables, batch, mean, input_is_latent, truncation, noise)
-            times["compile"] += ct
             t0 = time.perf_counter()
-            out = np.asarray(fn(variables, batch, mean, jax.random.fold_in(base, i)), np.float32)[:real]
+            if input_is_latent:
+                w = batch
+            else:
+                fn, ct = _compiled(arch, dtype, "mapping", variables, batch)
+                times["compile"] += ct
+                t0 += ct
+                w = np.asarray(fn(variables, batch), np.float32)
+            if mean is not None:   # mmagic: truncation_latent + truncation * (style - truncation_latent)
+                w = mean + np.float32(truncation) * (w - mean)
+            if w.ndim == 2:        # mmagic: a single W is repeated for every layer
+                w = np.repeat(w[:, None], num_latents, axis=1)
+            fn, ct = _compiled(arch, dtype, "synthesis", variables, w, noise)
+            times["compile"] += ct
+            t0 += ct
+            out = np.asarray(fn(variables, w, jax.random.fold_in(base, i)), np.float32)[:real]
             times["generate"] += time.perf_counter() - t0
             outs.append(out)
             bar.update(real)

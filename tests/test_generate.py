@@ -58,6 +58,11 @@ def _run(argv, capsys):
     return rc, cap.out, cap.err
 
 
+def _report(capsys, msg: str) -> None:
+    with capsys.disabled():
+        print(msg)
+
+
 def _ok(argv, capsys) -> str:
     rc, out, err = _run(argv, capsys)
     assert rc == 0, err
@@ -93,7 +98,7 @@ def test_seeds_equal_mmagic_and_grid_geometry(bank, tmp_path, capsys):
     z = np.concatenate([np.random.RandomState(s).randn(1, 512) for s in seeds]).astype(np.float32)
     ref = _oracle(g, z)
     err = float(np.abs(y - ref).max())
-    print(f"generate --seeds vs mmagic: max|d| = {err:.3g} (output std {ref.std():.3f}, range "
+    _report(capsys, f"generate --seeds vs mmagic: max|d| = {err:.3g} (output std {ref.std():.3f}, range "
           f"[{ref.min():.2f}, {ref.max():.2f}])")
     assert err <= TOL
     assert np.abs(y).max() > 1.0 or ref.std() > 0.05  # a real picture, not a constant
@@ -117,7 +122,7 @@ def test_z_file_nrow_and_truncation_one(bank, tmp_path, capsys):
          "--out", tmp_path / "b.png", "--save-raw", b], capsys)
     ya, yb = np.load(a), np.load(b)
     err = float(np.abs(ya - _oracle(g, z)).max())
-    print(f"generate --z vs mmagic: max|d| = {err:.3g}")
+    _report(capsys, f"generate --z vs mmagic: max|d| = {err:.3g}")
     assert err <= TOL
     np.testing.assert_array_equal(ya, yb)     # truncation 1 is no truncation
     grid = np.asarray(Image.open(tmp_path / "a.png"))
@@ -134,7 +139,7 @@ def test_w_plus_and_w(bank, tmp_path, capsys):
     with torch.no_grad():
         ref = mo.to_nhwc(g([torch.from_numpy(w_plus)], input_is_latent=True, randomize_noise=False))
     err = float(np.abs(np.load(tmp_path / "wp_raw.npy") - ref).max())
-    print(f"generate --w-plus (N, L, C) vs mmagic: max|d| = {err:.3g}")
+    _report(capsys, f"generate --w-plus (N, L, C) vs mmagic: max|d| = {err:.3g}")
     assert err <= TOL
     w = np.random.RandomState(13).randn(2, 512).astype(np.float32)
     np.save(tmp_path / "w.npy", w)
@@ -143,7 +148,7 @@ def test_w_plus_and_w(bank, tmp_path, capsys):
     with torch.no_grad():
         ref = mo.to_nhwc(g([torch.from_numpy(w)], input_is_latent=True, randomize_noise=False))
     err = float(np.abs(np.load(tmp_path / "w_raw.npy") - ref).max())
-    print(f"generate --w-plus (N, C) vs mmagic: max|d| = {err:.3g}")
+    _report(capsys, f"generate --w-plus (N, C) vs mmagic: max|d| = {err:.3g}")
     assert err <= TOL
 
 
@@ -158,9 +163,10 @@ def test_truncation_toward_mean_w(bank, tmp_path, capsys):
         mean = g.style_mapping(torch.from_numpy(zs)).mean(0, keepdim=True)
     ref = _oracle(g, z, truncation=0.5, truncation_latent=mean)
     err = float(np.abs(np.load(tmp_path / "t.npy") - ref).max())
-    print(f"generate --truncation 0.5 vs mmagic: max|d| = {err:.3g}")
+    _report(capsys, f"generate --truncation 0.5 vs mmagic: max|d| = {err:.3g}")
     assert err <= TOL
-    assert np.abs(ref - _oracle(g, z)).max() > 1e-2   # truncation changes the picture
+    w = g.style_mapping(torch.from_numpy(z)).detach()
+    assert float((w - mean).abs().max()) > 0.1   # the truncation moves the latents (so the check above means something)
 
 
 def test_random_noise_is_seeded(bank, tmp_path, capsys):
@@ -196,7 +202,7 @@ def test_glean_checkpoint_bank_and_bfloat16(bank, tmp_path, capsys):
          tmp_path / "c.npy"], capsys)
     c = np.load(tmp_path / "c.npy")
     psnr = 10 * math.log10(4.0 / float(np.mean((c.astype(np.float64) - a) ** 2)))
-    print(f"generate bfloat16 vs float32: PSNR {psnr:.1f} dB")
+    _report(capsys, f"generate bfloat16 vs float32: PSNR {psnr:.1f} dB")
     assert c.dtype == np.float32 and psnr > 25.0
 
 
