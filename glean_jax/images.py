@@ -1,7 +1,7 @@
 """Image reading and writing shared by every command.
 
 ``read_rgb`` always returns ``uint8`` RGB ``(H, W, 3)``: grayscale is repeated to 3 channels, an alpha
-channel is dropped with a warning, 16-bit images are scaled to 8 bits, palette images are expanded.
+channel is dropped with a warning, 16-bit images keep their high byte (as OpenCV, which mmagic reads with), palette images are expanded.
 Every failure is a :class:`UserError` naming the file.
 """
 
@@ -54,9 +54,9 @@ def _to_rgb_uint8(im: Image.Image, path: Path) -> np.ndarray:
         im = im.convert("RGB" if mode != "LA" and mode != "La" else "L")
         mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im).astype(np.float64)
-        maxval = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        a = np.clip(np.round(a * (255.0 / maxval)), 0, 255).astype(np.uint8)
+        # 16-bit -> 8-bit as OpenCV's IMREAD_COLOR does (mmagic's loader): keep the high byte (x >> 8).
+        a = np.asarray(im).astype(np.int64)
+        a = np.clip(a >> 8 if mode.startswith("I;16") or a.max(initial=0) > 255 else a, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if mode == "F":
         a = np.asarray(im)
