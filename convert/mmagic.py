@@ -132,6 +132,16 @@ def detect(state: dict) -> str:
     return "unknown"
 
 
+def _unwrap_ema(gstate: dict, prefix: str, notes: list[str]) -> dict:
+    """mmagic 1.x trains ``generator_ema`` as mmengine's ``ExponentialMovingAverage``: its state_dict is
+    ``module.<generator keys>`` plus a ``steps`` counter. Returns the generator keys (others unchanged)."""
+    inner = {k[7:]: v for k, v in gstate.items() if k.startswith("module.")}
+    if inner and set(gstate) == {"steps"} | {"module." + k for k in inner}:
+        notes.append(f"{prefix}: unwrapped mmengine's averaged model ({prefix}.module.*); dropped {prefix}.steps")
+        return inner
+    return gstate
+
+
 def convert_state(state: dict, source: str, prefix: str | None = None) -> tuple[dict, dict, list[str]]:
     """Returns (meta, variables, notes) for a loaded state_dict."""
     what = detect(state)
@@ -151,7 +161,7 @@ def convert_state(state: dict, source: str, prefix: str | None = None) -> tuple[
         if what == "stylegan2_model":
             gprefix = prefix or ("generator_ema" if any(k.startswith("generator_ema.") for k in state)
                                  else "generator")
-            gstate = _strip(state, gprefix)
+            gstate = _unwrap_ema(_strip(state, gprefix), gprefix, notes)
             if not gstate:
                 raise UserError(f"{source}: no generator keys (looked for prefix {gprefix!r})")
             dstate = _strip(state, "discriminator") if gprefix != "discriminator" else {}

@@ -365,3 +365,17 @@ def test_to_mmagic_bad_input(g8, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "exists.pth", "notckpt"]
     r = _sub("convert.to_mmagic", tmp_path / "missing_dir", tmp_path / "a.pth")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing_dir" in r.stderr
+
+
+def test_mmagic_1x_ema_wrapper(g8, tmp_path, capsys):
+    """mmagic 1.x training saves generator_ema as mmengine's averaged model: generator_ema.module.* + .steps."""
+    other = {k: (v + 1.0 if k.endswith("bias") else v) for k, v in g8["state"].items()}
+    state = {**{f"generator.{k}": v for k, v in other.items()},
+             **{f"generator_ema.module.{k}": v for k, v in g8["state"].items()},
+             "generator_ema.steps": np.array(1234, np.int64)}
+    src = _save(tmp_path / "ema.pth", state, wrap=True)
+    rc, stdout, err = _cli(conv.main, [src, tmp_path / "ckpt"], capsys)
+    assert rc == 0, err
+    assert "unwrapped" in stdout and "generator_ema.steps" in stdout
+    meta, variables = load_model(tmp_path / "ckpt")
+    _assert_identical(to_mmagic.checkpoint_state(meta, variables), g8["state"], "EMA-wrapped bank")
