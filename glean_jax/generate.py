@@ -100,33 +100,41 @@ def load_latent_file(path: str, flag: str, style_channels: int, num_latents: int
     return arr
 
 
-def load_bank(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """(arch, variables) of the StyleGAN2 generator in a model directory (a StyleGAN2 bank or a GLEAN's bank)."""
-    from glean_jax.checkpoint import load_meta, load_model
+def bank_arch(ckpt_dir: str | os.PathLike) -> dict:
+    """The bank architecture from ``model.json`` alone (no variables read): a StyleGAN2 generator or a GLEAN bank."""
+    from glean_jax.checkpoint import load_meta
 
-    meta = load_meta(ckpt_dir)  # validates the description before the (slower) variable restore
+    meta = load_meta(ckpt_dir)
     kind, gen = meta.get("kind"), meta.get("generator") or {}
     if kind == "stylegan2":
         if gen.get("kind") != "stylegan2_generator":
             raise UserError(f"{ckpt_dir}: StyleGAN2 checkpoint holds no generator (only a discriminator); expected "
                             "a checkpoint converted from a StyleGAN2 generator or model checkpoint")
-        arch = {k: v for k, v in gen.items() if k != "kind"}
-        _, variables = load_model(ckpt_dir)
-        return arch, variables["generator"]
+        return {k: v for k, v in gen.items() if k != "kind"}
     if kind == "glean" and gen.get("kind") == "glean":
-        arch = {"out_size": gen["out_size"], "style_channels": gen.get("style_channels", 512),
+        # GLEANStyleGANv2 builds its bank with StyleGAN2Generator's defaults (8 mapping layers, lr_mlp 0.01)
+        return {"out_size": gen["out_size"], "style_channels": gen.get("style_channels", 512),
                 "channel_multiplier": gen.get("channel_multiplier", 2), "num_mlps": 8, "lr_mlp": 0.01,
                 "fp16_enabled": gen.get("fp16_enabled", False)}
-        _, variables = load_model(ckpt_dir)
-        try:
-            v = variables["generator"]
-            bank = {"params": v["params"]["generator"], "buffers": v["buffers"]["generator"]}
-        except KeyError as e:
-            raise UserError(f"{ckpt_dir}: GLEAN checkpoint has no latent bank variables ({e}); expected "
-                            "generator/params/generator and generator/buffers/generator") from None
-        return arch, bank
     raise UserError(f"{ckpt_dir}: holds a {kind!r} model; expected a 'stylegan2' (with a generator) or 'glean' "
                     "checkpoint written by `python -m convert.mmagic`")
+
+
+def load_bank(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """(arch, variables) of the StyleGAN2 generator in a model directory (a StyleGAN2 bank or a GLEAN's bank)."""
+    from glean_jax.checkpoint import load_model
+
+    arch = bank_arch(ckpt_dir)   # validates the description before the (slower) variable restore
+    meta, variables = load_model(ckpt_dir)
+    if meta["kind"] == "stylegan2":
+        return arch, variables["generator"]
+    try:
+        v = variables["generator"]
+        bank = {"params": v["params"]["generator"], "buffers": v["buffers"]["generator"]}
+    except KeyError as e:
+        raise UserError(f"{ckpt_dir}: GLEAN checkpoint has no latent bank variables ({e}); expected "
+                        "generator/params/generator and generator/buffers/generator") from None
+    return arch, bank
 
 
 def _check_output(path: str, flag: str, suffix: str) -> Path:
@@ -269,9 +277,7 @@ def main(argv: Sequence[str]) -> int:
     if raw is not None and raw.resolve() == out.resolve():
         raise UserError(f"--save-raw {raw}: same file as --out")
 
-    t0 = time.perf_counter()
-    arch, variables = load_bank(args.checkpoint)
-    t_load = time.perf_counter() - t0
+    arch = bank_arch(args.checkpoint)   # latents are checked before the (slower) variable restore
     c = int(arch["style_channels"])
     num_latents = 2 * int(math.log2(int(arch["out_size"]))) - 2
     if seeds is not None:
@@ -280,6 +286,9 @@ def main(argv: Sequence[str]) -> int:
         latents, is_latent = load_latent_file(args.z, "--z", c, None), False
     else:
         latents, is_latent = load_latent_file(args.w_plus, "--w-plus", c, num_latents), True
+    t0 = time.perf_counter()
+    arch, variables = load_bank(args.checkpoint)
+    t_load = time.perf_counter() - t0
 
     images, times = generate(arch, variables, latents, input_is_latent=is_latent, truncation=args.truncation,
                              truncation_samples=args.truncation_samples, noise=args.noise,
