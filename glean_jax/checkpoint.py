@@ -56,6 +56,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> P
     parent = out.resolve().parent
     if not parent.exists():
         raise UserError(f"{out}: parent directory {parent} does not exist")
+    if not parent.is_dir():
+        raise UserError(f"{out}: {parent} is not a directory")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{out}: cannot write to {parent} (permission denied)")
     return out
