@@ -37,7 +37,6 @@ from glean_jax import metrics as metrics_lib
 from glean_jax.checkpoint import load_model, save_model
 from glean_jax.errors import UserError
 from glean_jax.images import make_grid, normalize, to_uint8, write_png
-from glean_jax.models.build import init_variables
 from glean_jax.training import step as step_lib
 from glean_jax.training.checkpointing import RunCheckpoints, abstract_like
 from glean_jax.training.config import validate_config
@@ -105,8 +104,8 @@ def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, 
 
     m, pre = cfg.model, cfg.pretrained
     key = jax.random.key(cfg.seed)
-    gv = to_host(init_variables("glean", g, jax.random.fold_in(key, 0)))
-    dv = to_host(init_variables("stylegan2_discriminator", d, jax.random.fold_in(key, 1)))
+    gv = to_host(_init_fn("glean", g)(jax.random.fold_in(key, 0)))
+    dv = to_host(_init_fn("stylegan2_discriminator", d)(jax.random.fold_in(key, 1)))
     gv, d_params = {"params": dict(gv["params"]), "buffers": dict(gv["buffers"])}, dv["params"]
     info = {"bank": "random", "discriminator": "random", "vgg16": "random", "glean": "random"}
     hint_d = f"a StyleGAN2 discriminator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
@@ -207,7 +206,8 @@ def _grid_rows(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> np.ndarray:
 class Evaluator:
     """PSNR/SSIM/MAE of the generator on the config's test set (batch 1, replicated, as mmagic's val loop)."""
 
-    def __init__(self, cfg: ConfigDict, g: Any, mesh: Mesh, frozen_sharding: Any, g_sharding: Any) -> None:
+    def __init__(self, cfg: ConfigDict, g: Any, mesh: Mesh, frozen_sharding: Any, g_sharding: Any,
+                 cache_key: Any = None) -> None:
         from glean_jax.data.loader import make_eval_dataset
 
         self.dataset = None
@@ -218,9 +218,9 @@ class Evaluator:
         self.max_images = cfg.eval_max_images
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
-        self.apply = jax.jit(lambda tp, frozen, lq: g.apply(step_lib.glean_variables(tp, frozen), lq),
-                             in_shardings=(g_sharding, frozen_sharding, self.replicated),
-                             out_shardings=self.replicated)
+        self.apply = _cached(("eval", cache_key), lambda: jax.jit(
+            lambda tp, frozen, lq: g.apply(step_lib.glean_variables(tp, frozen), lq),
+            in_shardings=(g_sharding, frozen_sharding, self.replicated), out_shardings=self.replicated))
 
     def _items(self, limit: int) -> list[dict]:
         n = min(len(self.dataset), limit) if self.dataset is not None else 0
@@ -276,6 +276,30 @@ def export_model(path: Path, cfg: ConfigDict, g: Any, state: Any, frozen: dict, 
     save_model(path, meta, variables, overwrite=True)
 
 
+_JIT_CACHE: dict[Any, Any] = {}
+
+
+def _cached(key: Any, build: Any) -> Any:
+    """Jitted functions reused by later runs in the same process with the same config and mesh (so a resumed or
+    repeated run compiles nothing again); bounded to the few most recent entries."""
+    if key not in _JIT_CACHE:
+        if len(_JIT_CACHE) >= 8:
+            _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+        _JIT_CACHE[key] = build()
+    return _JIT_CACHE[key]
+
+
+def _init_fn(kind: str, module: Any) -> Any:
+    """Jitted ``module.init`` (the same variables as ``glean_jax.models.build.init_variables``)."""
+    from glean_jax.models.build import example_input
+
+    def build() -> Any:
+        return jax.jit(lambda rng: module.init({"params": rng, "noise": jax.random.fold_in(rng, 1)},
+                                               *example_input(kind, module, 1)))
+
+    return _cached(("init", kind, repr(module)), build)
+
+
 def _compiled_flops(compiled: Any) -> float | None:
     try:
         cost = compiled.cost_analysis()
@@ -289,7 +313,8 @@ def _compiled_flops(compiled: Any) -> float | None:
 
 def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None = None,
                        progress: bool = True) -> dict[str, Any]:
-    """Trains (or resumes) in ``workdir``; returns a summary (step, last metrics, eval results, stop reason).
+    """Trains (or resumes) in ``workdir``; returns a summary (step, last metrics, eval results, stop reason, and the
+    final train state as numpy arrays).
 
     ``stop_after`` ends this run after that many steps with a checkpoint, as if the job had been stopped (tests,
     preemptible jobs); ``config.total_steps`` still defines the schedule.
@@ -335,8 +360,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     del gv, trainable, d_params
     log.info("initialised in %.1f s: %s", time.time() - t0, info)
 
-    train_step = step_lib.jit_train_step(config, g, d, mesh, state_sharding, frozen_sharding)
-    evaluator = Evaluator(config, g, mesh, frozen_sharding, state_sharding.g_params)
+    key = (config.to_json_best_effort(sort_keys=True), mesh)
+    train_step = _cached(("step",) + key, lambda: step_lib.jit_train_step(config, g, d, mesh, state_sharding,
+                                                                          frozen_sharding))
+    evaluator = Evaluator(config, g, mesh, frozen_sharding, state_sharding.g_params, key)
     writer = None
     if is_main:
         from tensorboardX import SummaryWriter
@@ -348,7 +375,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     start_step = step
     summary: dict[str, Any] = {"start_step": start_step, "info": info, "eval": {}, "stopped": None}
     window: dict[str, list[float]] = {}
-    compiled = None
+    first = True
     flops = None
     t_window, n_window = 0.0, 0
 
@@ -377,18 +404,19 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
                             writer.add_scalar(f"eval/{k}", v, 0)
             while step < config.total_steps:
                 batch = to_global_batch(next(data_iter), mesh)
-                if compiled is None:
-                    tc = time.time()
-                    compiled = train_step.lower(state, frozen, batch).compile()
-                    flops = _compiled_flops(compiled)
-                    log.info("train step compiled in %.1f s (%.3g FLOP per step)", time.time() - tc, flops or 0)
+                if first:
+                    flops = _compiled_flops(train_step.lower(state, frozen, batch))
                 ts = time.time()
-                state, m = compiled(state, frozen, batch)
+                state, m = train_step(state, frozen, batch)
                 m = jax.device_get(m)
                 dt = time.time() - ts
+                if first:   # includes the compilation: not counted in the throughput
+                    log.info("first step (with compilation) took %.1f s; %.3g FLOP per step", dt, flops or 0)
+                    first, dt = False, None
                 step += 1
-                t_window += dt
-                n_window += 1
+                if dt is not None:
+                    t_window += dt
+                    n_window += 1
                 for k, v in m.items():
                     window.setdefault(k, []).append(float(v))
                 summary["last"] = {k: float(v) for k, v in m.items()}
@@ -401,12 +429,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_postfix(loss_g=f"{m['loss_g']:.4f}", loss_d=f"{m['loss_d']:.4f}",
-                                     img_s=f"{config.batch_size / max(dt, 1e-9):.2f}")
+                                     img_s=f"{config.batch_size / max(dt or math.inf, 1e-9):.2f}")
                 if step % config.log_every == 0 or step == config.total_steps:
                     scalars = {f"train/{k}": float(np.mean(v)) for k, v in window.items()}
-                    scalars["train/step_time_s"] = t_window / n_window
-                    scalars["train/images_per_s"] = config.batch_size * n_window / t_window
-                    if flops:
+                    if n_window:
+                        scalars["train/step_time_s"] = t_window / n_window
+                        scalars["train/images_per_s"] = config.batch_size * n_window / t_window
+                    if flops and n_window:
                         tflops = flops / (t_window / n_window) / 1e12 / jax.device_count()
                         scalars["train/tflops_per_device"] = tflops
                         if config.peak_tflops_per_device:
@@ -449,7 +478,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
         if writer is not None:
             writer.close()
     summary["step"] = step
-    summary["state"] = state
+    summary["state"] = to_host(state)   # one host copy; the device buffers are released with the run
     if is_main:
         keep = {k: v for k, v in summary.items() if k != "state"}
         (workdir / "summary.json").write_text(json.dumps(keep, indent=2, default=str))
