@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from glean_jax.errors import UserError, cli_entry
 
@@ -33,20 +33,37 @@ flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with 
 flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
 
 
-def parse_args(argv: Sequence[str]) -> None:
-    """Parses ``argv`` (without the program name) into FLAGS; every flag problem is one UserError line."""
+def parse_args(argv: Sequence[str]) -> ConfigDict:
+    """Parses ``argv`` (without the program name) into FLAGS; returns the config. Every problem is one UserError."""
     try:
         FLAGS(["glean_jax.train", *argv])
+    except flags.UnrecognizedFlagError as e:
+        name = str(e).split("'")[1] if "'" in str(e) else str(e)
+        what = "unknown config field" if name.startswith("config.") else "unknown flag"
+        raise UserError(f"command line: {what} --{name}; expected --config FILE --workdir DIR "
+                        "[--config.field=value ...] with fields of glean_jax/training/config.py base_config") from e
     except flags.Error as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"command line: {msg}; expected --config FILE --workdir DIR [--config.field=value ...]") from e
-    except (AttributeError, KeyError, TypeError, ValueError) as e:   # config_flags override errors
+    except (AttributeError, KeyError) as e:   # config_flags: an override of a field the config does not have
+        name = str(e).strip("\"'")
+        raise UserError(f"command line: unknown config field {name!r}; expected fields of "
+                        "glean_jax/training/config.py base_config") from e
+    except (TypeError, ValueError) as e:   # config_flags override errors
         raise UserError(f"command line: {str(e).splitlines()[0]}; expected existing config fields with values of "
                         "the right type") from e
-    if FLAGS.config is None:
+    try:
+        config = FLAGS.config
+        if config is not None:
+            config.keys()   # a file that failed to load is a stand-in object that raises here
+    except Exception as e:  # noqa: BLE001 - config_flags loads the file lazily and raises many types
+        raise UserError(f"--config: cannot load the config file ({str(e).splitlines()[-1].strip()}); expected a "
+                        "python file with get_config(), such as configs/demo.py") from e
+    if config is None:
         raise UserError("--config: missing; expected a training config file such as configs/demo.py")
     if not FLAGS.workdir:
         raise UserError("--workdir: missing; expected the run directory (created if needed, resumed if present)")
+    return config
 
 
 def init_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
@@ -64,17 +81,17 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
 
 
 def main(argv: Sequence[str]) -> int:
-    parse_args(argv)
+    config = parse_args(argv)
     from glean_jax.training.config import validate_config
 
-    validate_config(FLAGS.config)
+    validate_config(config)
     init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from glean_jax.training.loop import train_and_evaluate
 
-    summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+    summary = train_and_evaluate(config, FLAGS.workdir, progress=FLAGS.progress)
     ev = summary["eval"]
     last = ev[max(ev)] if ev else {}
     print(f"step {summary['step']}" + (f" (stopped by {summary['stopped']})" if summary["stopped"] else "")
