@@ -80,6 +80,19 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
         jax.distributed.initialize()
 
 
+def params_digest(tree: object) -> str:
+    """sha256 of a param tree's arrays (in tree order): every process of a run prints the same value."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
 def main(argv: Sequence[str]) -> int:
     config = parse_args(argv)
     from glean_jax.training.config import validate_config
@@ -92,10 +105,14 @@ def main(argv: Sequence[str]) -> int:
     from glean_jax.training.loop import train_and_evaluate
 
     summary = train_and_evaluate(config, FLAGS.workdir, progress=FLAGS.progress)
+    import jax
+
     ev = summary["eval"]
     last = ev[max(ev)] if ev else {}
-    print(f"step {summary['step']}" + (f" (stopped by {summary['stopped']})" if summary["stopped"] else "")
-          + "".join(f", {k} {v:.4f}" for k, v in last.items()) + f"; workdir {FLAGS.workdir}")
+    print(f"[process {jax.process_index()}/{jax.process_count()}] step {summary['step']}"
+          + (f" (stopped by {summary['stopped']})" if summary["stopped"] else "")
+          + "".join(f", {k} {v:.4f}" for k, v in last.items())
+          + f"; G params sha256 {params_digest(summary['state'].g_params)[:16]}; workdir {FLAGS.workdir}", flush=True)
     return 0
 
 

@@ -273,7 +273,37 @@ def export_model(path: Path, cfg: ConfigDict, g: Any, state: Any, frozen: dict, 
                               "channel_multiplier": cfg.model.channel_multiplier,
                               "fp16_enabled": cfg.model.fp16_enabled},
             "source": source}
-    save_model(path, meta, variables, overwrite=True)
+    if jax.process_count() == 1:
+        save_model(path, meta, variables, overwrite=True)
+    else:
+        _save_model_primary_only(path, meta, variables)
+
+
+def _save_model_primary_only(path: Path, meta: dict, variables: dict) -> None:
+    """``glean_jax.checkpoint.save_model`` for process 0 of a multi-process run: the same directory layout,
+    written atomically, but orbax told that only this process takes part (its default waits for all processes)."""
+    import shutil
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    from glean_jax import checkpoint as ckpt
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent))
+    try:
+        (tmp / ckpt.META_FILE).write_text(json.dumps({"format": ckpt.FORMAT, "version": ckpt.VERSION, **meta},
+                                                     indent=2, sort_keys=True))
+        opts = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0},
+                                                  barrier_sync_key_prefix=f"export_{path.name}")
+        with ocp.StandardCheckpointer(multiprocessing_options=opts) as ckptr:
+            ckptr.save((tmp / ckpt.VARS_DIR).resolve(), variables)
+            ckptr.wait_until_finished()
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 _JIT_CACHE: dict[Any, Any] = {}
