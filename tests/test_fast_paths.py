@@ -1,0 +1,110 @@
+"""The fast formulations chosen with ``python -m glean_jax.benchmark`` are still the ones in use, and exact.
+
+Not timed. The jaxprs are traced on abstract shapes (nothing is computed for them):
+
+* StyleGAN2 modulated convs: input-scale form (no grouped conv, ``feature_group_count == 1``) and the up-conv by
+  phase decomposition (no lhs-dilated / transposed conv in the forward). In the gradient, the only lhs-dilated convs
+  are the input gradients of the forward's stride-2 convs: the weight gradient of a transposed conv (pathologically
+  slow in XLA:CPU) never appears.
+* Exactness against mmagic's grouped per-sample-weight formulation (forward and up-conv).
+
+(A concatenation-free RRDB dense block was measured and not adopted: benchmarks/README.md.)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from glean_jax.benchmark import iter_eqns
+from glean_jax.models import ops
+from glean_jax.models.build import variable_shapes
+from glean_jax.models.glean import GLEAN
+
+
+def _convs(jaxpr) -> list:
+    return [e for e in iter_eqns(jaxpr) if e.primitive.name == "conv_general_dilated"]
+
+
+def _prims(jaxpr) -> set[str]:
+    return {e.primitive.name for e in iter_eqns(jaxpr)}
+
+
+@functools.lru_cache(maxsize=1)
+def _glean_jaxprs(in_size: int = 8, out_size: int = 32):
+    g = GLEAN(in_size, out_size, rrdb_channels=8, num_rrdbs=1)
+    shapes = variable_shapes("glean", g)
+    lq = jax.ShapeDtypeStruct((2, in_size, in_size, 3), jnp.float32)
+    fwd = jax.make_jaxpr(g.apply)(shapes, lq)
+
+    def loss(params, buffers, x):
+        return jnp.sum(g.apply({"params": params, "buffers": buffers}, x) ** 2)
+
+    grad = jax.make_jaxpr(jax.grad(loss, argnums=(0, 2)))(shapes["params"], shapes["buffers"], lq)
+    return fwd, grad
+
+
+def test_glean_forward_has_no_grouped_or_transposed_conv():
+    fwd, _ = _glean_jaxprs()
+    convs = _convs(fwd)
+    assert len(convs) > 20
+    for e in convs:
+        assert e.params["feature_group_count"] == 1, "grouped conv in the GLEAN forward (slow in XLA)"
+        assert e.params["batch_group_count"] == 1
+        assert all(d == 1 for d in e.params["lhs_dilation"]), "transposed (lhs-dilated) conv in the GLEAN forward"
+
+
+def test_glean_gradient_has_no_transposed_conv_weight_gradient():
+    fwd, grad = _glean_jaxprs()
+    strided = sum(1 for e in _convs(fwd) if any(s > 1 for s in e.params["window_strides"]))
+    assert strided >= 1                           # the encoder's stride-2 conv
+    grad_convs = _convs(grad)
+    assert all(e.params["feature_group_count"] == 1 for e in grad_convs)
+    lhs_dilated = sum(1 for e in grad_convs if any(d > 1 for d in e.params["lhs_dilation"]))
+    # Each stride-2 forward conv has exactly one lhs-dilated conv in its backward (its input gradient); the weight
+    # gradient of a forward transposed conv would add more.
+    assert lhs_dilated == strided
+
+
+def _grouped_modconv(x, w, s, upsample):
+    """mmagic's form: per-sample weights W * s * d as one grouped conv (transposed + blur when upsampling)."""
+    n, cin, cout = x.shape[0], w.shape[2], w.shape[3]
+    wn = w[None] * s[:, None, None, :, None]                                     # (N, k, k, I, O)
+    d = lax.rsqrt(jnp.sum(wn * wn, axis=(1, 2, 3)) + 1e-8)                      # (N, O)
+    wn = wn * d[:, None, None, None, :]
+    xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, x.shape[1], x.shape[2], n * cin)
+    if upsample:
+        # transposed conv, stride 2, pad 0: lhs-dilated conv with the spatially flipped kernel, full padding
+        wg = jnp.transpose(wn[:, ::-1, ::-1], (1, 2, 3, 0, 4)).reshape(3, 3, cin, n * cout)
+        y = lax.conv_general_dilated(xg, wg, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                                     dimension_numbers=ops.DIMENSION_NUMBERS, feature_group_count=n)
+    else:
+        wg = jnp.transpose(wn, (1, 2, 3, 0, 4)).reshape(3, 3, cin, n * cout)
+        y = lax.conv_general_dilated(xg, wg, (1, 1), ((1, 1), (1, 1)), dimension_numbers=ops.DIMENSION_NUMBERS,
+                                     feature_group_count=n)
+    y = jnp.transpose(y.reshape(1, y.shape[1], y.shape[2], n, cout), (3, 1, 2, 4, 0))[..., 0]
+    if upsample:
+        y = ops.upfirdn2d(y, ops.fir_taps(gain=4.0), pad=(1, 1))
+    return y
+
+
+def test_modulated_conv_fast_form_is_exact_and_ungrouped():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 6, 5, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 8, 4)) / np.sqrt(72), jnp.float32)
+    s = jnp.asarray(rng.uniform(0.5, 1.5, (3, 8)), jnp.float32)
+    for upsample in (False, True):
+        f = lambda x, w, s, u=upsample: ops.modulated_conv(x, w, s, upsample=u)  # noqa: E731
+        out = f(x, w, s)
+        ref = _grouped_modconv(x, w, s, upsample)
+        assert out.shape == ref.shape == ((3, 12, 10, 4) if upsample else (3, 6, 5, 4))
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=2e-5)
+        for jaxpr in (jax.make_jaxpr(f)(x, w, s),
+                      jax.make_jaxpr(jax.grad(lambda *a, f=f: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2)))(x, w, s)):
+            for e in _convs(jaxpr):
+                assert e.params["feature_group_count"] == 1
+                assert all(d == 1 for d in e.params["lhs_dilation"])
