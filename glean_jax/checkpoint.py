@@ -45,6 +45,25 @@ def check_finite(tree: Any, what: str) -> None:
             raise UserError(f"{what}: {name} holds {bad} non-finite value(s) (NaN/Inf); expected finite weights")
 
 
+def check_variables(variables: Any, expected: Any, what: str, hint: str) -> None:
+    """Raises a UserError naming the first array of ``expected`` (arrays or ShapeDtypeStructs) that ``variables``
+    lacks or holds with another shape, or the first array ``variables`` has in excess."""
+    def flat(tree: Any) -> dict[str, tuple]:
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    have, want = flat(variables), flat(expected)
+    for name, shape in want.items():
+        if name not in have:
+            raise UserError(f"{what}: array {name} is missing; expected the arrays of {hint}")
+        if have[name] != shape:
+            raise UserError(f"{what}: array {name} has shape {have[name]}; expected {shape} for {hint}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise UserError(f"{what}: unexpected array {extra[0]} ({len(extra)} in all); expected only the arrays of "
+                        f"{hint}")
+
+
 def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Checks that ``out_dir`` may be (re)written; returns it as a Path. Creates nothing."""
     out = Path(out_dir)

@@ -127,6 +127,7 @@ def load_bank(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
     arch = bank_arch(ckpt_dir)   # validates the description before the (slower) variable restore
     meta, variables = load_model(ckpt_dir)
     if meta["kind"] == "stylegan2":
+        _check_bank(ckpt_dir, arch, variables.get("generator") or {})
         return arch, variables["generator"]
     try:
         v = variables["generator"]
@@ -134,7 +135,18 @@ def load_bank(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
     except KeyError as e:
         raise UserError(f"{ckpt_dir}: GLEAN checkpoint has no latent bank variables ({e}); expected "
                         "generator/params/generator and generator/buffers/generator") from None
+    _check_bank(ckpt_dir, arch, bank)
     return arch, bank
+
+
+def _check_bank(ckpt_dir: str | os.PathLike, arch: dict, bank: dict) -> None:
+    """Every array of the bank present with the shape ``arch`` implies (a clear error instead of a flax one)."""
+    from glean_jax.checkpoint import check_variables
+    from glean_jax.models.build import build_generator, variable_shapes
+
+    expected = variable_shapes("stylegan2_generator", build_generator(arch))
+    check_variables(bank, expected, str(ckpt_dir), f"a StyleGAN2 generator {arch['out_size']}x{arch['out_size']} "
+                    f"with {arch.get('style_channels', 512)} style channels as model.json describes it")
 
 
 def _check_output(path: str, flag: str, suffix: str) -> Path:

@@ -7,10 +7,10 @@ import os
 import jax
 import numpy as np
 
-from glean_jax.checkpoint import load_model
+from glean_jax.checkpoint import check_variables, load_model
 from glean_jax.errors import UserError
 from glean_jax.images import normalize
-from glean_jax.models.build import DTYPES, build_glean
+from glean_jax.models.build import DTYPES, build_glean, variable_shapes
 
 
 class SRModel:
@@ -34,6 +34,8 @@ class SRModel:
         self.out_size = int(gen["out_size"])
         self.dtype = dtype
         self.module = build_glean(gen, dtype)
+        check_variables(variables.get("generator"), variable_shapes("glean", self.module), str(ckpt_dir),
+                        f"GLEAN {self.in_size}->{self.out_size} as model.json describes it")
         self.variables = jax.device_put(variables["generator"])
         self._apply = jax.jit(self.module.apply)
 

@@ -80,7 +80,7 @@ def image_header(path: Path) -> tuple[int, int, str]:
         with Image.open(path) as im:
             w, h = im.size
             return h, w, im.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read image header ({e}); expected a valid PNG/JPEG/WebP/BMP file") from e
 
 
