@@ -1,11 +1,13 @@
 """python -m glean_jax.train --config configs/demo.py --workdir runs/demo
 
-A tiny GLEAN (4 -> 16, x4, one RRDB of 16 channels) trained for 40 steps on synthetic textures (their LQ made with the
-MATLAB bicubic of mmagic's preprocessing), with random StyleGAN2 bank, discriminator and VGG16 weights
-(``pretrained.allow_random=True``): no downloads, no files, about 3-5 minutes on a 2-core CPU. It exercises the
-whole recipe of mmagic's ``glean_x8_2xb8_cat`` (losses, G/D steps, checkpoints, evaluation) at toy size; its
-numbers say nothing about GLEAN's quality. The learning rate stays at mmagic's 1e-4 (constant: a cosine over 40
-steps would only slow the toy run down).
+A tiny GLEAN (4 -> 16, x4, one RRDB of 16 channels) trained for 40 steps on synthetic textures (their LQ made with
+the MATLAB bicubic of mmagic's preprocessing), with random StyleGAN2 bank, discriminator and VGG16 weights
+(``pretrained.allow_random=True``): no downloads, no files; about 3 minutes on an idle 2-core CPU (8 minutes
+measured on a heavily shared one). It exercises the whole recipe of mmagic's ``glean_x8_2xb8_cat`` (losses, G/D
+steps, checkpoints, evaluation, exports) at toy size; its numbers say nothing about GLEAN's quality. The learning
+rate stays at mmagic's 1e-4 (constant: a cosine over 40 steps would only slow the toy run down). The validation
+PSNR rises from about 13.9 dB to about 17.3 dB. ``python -m glean_jax.upscale --checkpoint runs/demo/model ...``
+then uses the trained model.
 """
 
 from ml_collections import ConfigDict

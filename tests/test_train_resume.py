@@ -84,3 +84,19 @@ def test_stop_signal_is_caught():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.received == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is old
+
+
+def test_stops_after_max_bad_steps_keeping_last_good_checkpoint(tmp_path):
+    from glean_jax.errors import UserError
+
+    cfg = tiny_config()
+    cfg.optim.lr = 1e30          # the first step blows the weights up; the second step's losses are not finite
+    cfg.max_bad_steps = 1
+    cfg.checkpoint_every = 1
+    with pytest.raises(UserError) as e:
+        train_and_evaluate(cfg, tmp_path, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("training stopped at step 2: 1 non-finite steps in a row") and "\n" not in msg, msg
+    assert "last good checkpoint is kept" in msg
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [1]
+    assert not (tmp_path / "model").exists()

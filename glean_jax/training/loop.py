@@ -104,8 +104,8 @@ def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, 
 
     m, pre = cfg.model, cfg.pretrained
     key = jax.random.key(cfg.seed)
-    gv = to_host(_init_fn("glean", g)(jax.random.fold_in(key, 0)))
-    dv = to_host(_init_fn("stylegan2_discriminator", d)(jax.random.fold_in(key, 1)))
+    gv = to_host(cached_init("glean", g)(jax.random.fold_in(key, 0)))
+    dv = to_host(cached_init("stylegan2_discriminator", d)(jax.random.fold_in(key, 1)))
     gv, d_params = {"params": dict(gv["params"]), "buffers": dict(gv["buffers"])}, dv["params"]
     info = {"bank": "random", "discriminator": "random", "vgg16": "random", "glean": "random"}
     hint_d = f"a StyleGAN2 discriminator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
@@ -319,7 +319,7 @@ def _cached(key: Any, build: Any) -> Any:
     return _JIT_CACHE[key]
 
 
-def _init_fn(kind: str, module: Any) -> Any:
+def cached_init(kind: str, module: Any) -> Any:
     """Jitted ``module.init`` (the same variables as ``glean_jax.models.build.init_variables``)."""
     from glean_jax.models.build import example_input
 
