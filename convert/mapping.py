@@ -197,7 +197,7 @@ def torch_to_flax(state: dict[str, np.ndarray], rules: RuleSet, expected: dict[s
         if arr.dtype.kind != "f":
             raise UserError(f"{source}: {key} has dtype {arr.dtype}, expected a floating-point tensor")
         if not np.all(np.isfinite(arr)):
-            raise UserError(f"{source}: {key} holds NaN or Inf values")
+            raise UserError(f"{source}: {key} holds NaN or Inf values; expected finite weights")
         _set_path(out, path, np.ascontiguousarray(rule.layout.to_flax(arr)).astype(np.float32))
         produced.add(path)
     missing = sorted(set(expected) - produced)

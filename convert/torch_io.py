@@ -44,7 +44,8 @@ def load_torch_state(path: str | os.PathLike, allow_pickle: bool = False) -> dic
             raise UserError(
                 f"{path}: checkpoint needs arbitrary Python objects to load ({msg}); if you trust the file, "
                 "pass --allow-pickle") from e
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from e
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg or 'neither a zip nor a pickle file'}); "
+                        "expected a .pth file written by torch.save") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, ImportError, IndexError,
             KeyError, TypeError, MemoryError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -81,7 +82,8 @@ def save_torch_state(path: str | os.PathLike, state: dict[str, np.ndarray], wrap
     torch.save({"state_dict": sd} if wrap else sd, buf)
     path = Path(path)
     if not path.parent.is_dir():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise UserError(f"{path}: folder {path.parent} {what}; expected a file path in an existing folder")
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:

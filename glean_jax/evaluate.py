@@ -160,7 +160,8 @@ def _check_output_path(path: str | None, flag: str) -> Path | None:
     if p.is_dir():
         raise UserError(f"{flag} {p}: is a folder; expected a file path")
     if not p.parent.is_dir():
-        raise UserError(f"{flag} {p}: folder {p.parent} does not exist; expected an existing folder")
+        what = "is not a folder" if p.parent.exists() else "does not exist"
+        raise UserError(f"{flag} {p}: folder {p.parent} {what}; expected an existing folder")
     return p
 
 

@@ -71,6 +71,10 @@ def load_latent_file(path: str, flag: str, style_channels: int, num_latents: int
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{flag} {p}: no such file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and magic[:2] != b"PK":   # (PK: an .npz archive, reported below)
+        raise UserError(f"{flag} {p}: not a .npy file (no NumPy header); expected a float array saved with np.save")
     try:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

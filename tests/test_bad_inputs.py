@@ -137,7 +137,7 @@ def _lq(t: Ctx, name: str = "a.png", size: int = 4, seed: int = 0) -> Path:
 def png_named_pth(t):
     src = t.d / "model.pth"
     src.write_bytes(C.encode(C.random_rgb(8, 8)))
-    return Case([src, t.d / "out"], [str(src), "not a readable PyTorch checkpoint"])
+    return Case([src, t.d / "out"], [str(src), "not a readable PyTorch checkpoint", "expected a .pth file"])
 
 
 @case("convert.mmagic")
@@ -152,7 +152,7 @@ def npy_named_pth(t):
     src = t.d / "weights.pth"
     with open(src, "wb") as f:
         np.save(f, np.zeros((3, 3), np.float32))
-    return Case([src, t.d / "out"], [str(src), "PyTorch checkpoint"])
+    return Case([src, t.d / "out"], [str(src), "not a readable PyTorch checkpoint", "expected"])
 
 
 @case("convert.mmagic")
@@ -177,7 +177,7 @@ def glean_nan_weight(t):
     key = next(k for k in sd if k.startswith("fusion_out.") and k.endswith("weight"))
     sd[key] = sd[key].copy()
     sd[key].flat[0] = np.nan
-    return Case([_torch_save(t.d / "nan.pth", sd), t.d / "out"], ["nan.pth", "NaN"])
+    return Case([_torch_save(t.d / "nan.pth", sd), t.d / "out"], ["nan.pth", "fusion_out", "NaN", "expected finite"])
 
 
 @case("convert.mmagic")
@@ -219,7 +219,7 @@ def variables_corrupt(t):
 @case("convert.to_mmagic")
 def out_pth_below_a_regular_file(t):
     (t.d / "afile").write_text("x")
-    return Case([t.m["sg"], t.d / "afile" / "out.pth"], ["afile"])
+    return Case([t.m["sg"], t.d / "afile" / "out.pth"], ["afile", "is not a folder", "expected"])
 
 
 # --- convert.torchvision_vgg16 --------------------------------------------------------------------------------
@@ -253,7 +253,8 @@ def z_wrong_width(t):
 @case("glean_jax.generate")
 def z_text_file(t):
     (t.d / "z.npy").write_text("0.1 0.2 0.3\n")
-    return Case(["--checkpoint", t.m["sg"], "--z", t.d / "z.npy", "--out", t.d / "g.png"], ["z.npy", "expected"])
+    return Case(["--checkpoint", t.m["sg"], "--z", t.d / "z.npy", "--out", t.d / "g.png"],
+                ["z.npy", "not a .npy file", "expected"])
 
 
 @case("glean_jax.generate")
@@ -287,7 +288,8 @@ def renamed_bank_variable(t):
 @case("glean_jax.generate")
 def out_below_a_regular_file(t):
     (t.d / "afile").write_text("x")
-    return Case(["--checkpoint", t.m["sg"], "--seeds", "0", "--out", t.d / "afile" / "g.png"], ["afile"])
+    return Case(["--checkpoint", t.m["sg"], "--seeds", "0", "--out", t.d / "afile" / "g.png"],
+                ["afile", "is not a folder"])
 
 
 @case("glean_jax.generate")
@@ -310,7 +312,8 @@ def huge_png_header_with_resize(t):
     p = t.d / "in" / "huge.png"
     p.parent.mkdir()
     p.write_bytes(C.huge_png())
-    return Case(["--checkpoint", t.m["glean"], p, "--resize", "--output", t.d / "out"], [str(p)])
+    return Case(["--checkpoint", t.m["glean"], p, "--resize", "--output", t.d / "out"],
+                [str(p), "10000000000 pixels", "expected"])
 
 
 @case("glean_jax.upscale")
@@ -318,7 +321,7 @@ def truncated_jpeg(t):
     p = t.d / "in" / "a.jpg"
     p.parent.mkdir()
     p.write_bytes(C.encode(C.random_rgb(4, 4), ".jpg")[:40])
-    return Case(["--checkpoint", t.m["glean"], p, "--output", t.d / "out"], [str(p)])
+    return Case(["--checkpoint", t.m["glean"], p, "--output", t.d / "out"], [str(p), "expected"])
 
 
 @case("glean_jax.upscale")
@@ -326,7 +329,7 @@ def zero_byte_png(t):
     p = t.d / "in" / "a.png"
     p.parent.mkdir()
     p.write_bytes(b"")
-    return Case(["--checkpoint", t.m["glean"], p, "--output", t.d / "out"], [str(p)])
+    return Case(["--checkpoint", t.m["glean"], p, "--output", t.d / "out"], [str(p), "expected"])
 
 
 @case("glean_jax.upscale")
@@ -334,7 +337,7 @@ def text_with_png_extension(t):
     p = t.d / "in" / "notes.png"
     p.parent.mkdir()
     p.write_text("hello, I am not an image\n")
-    return Case(["--checkpoint", t.m["glean"], p, "--output", t.d / "out"], [str(p)])
+    return Case(["--checkpoint", t.m["glean"], p, "--output", t.d / "out"], [str(p), "expected"])
 
 
 @case("glean_jax.upscale")
@@ -375,7 +378,8 @@ def geometry_in_model_json_differs_from_weights(t):
 @case("glean_jax.upscale")
 def output_folder_below_a_regular_file(t):
     (t.d / "afile").write_text("x")
-    return Case(["--checkpoint", t.m["glean"], _lq(t), "--output", t.d / "afile" / "out"], ["afile"])
+    return Case(["--checkpoint", t.m["glean"], _lq(t), "--output", t.d / "afile" / "out"],
+                ["--output", "afile", "cannot create"])
 
 
 @case("glean_jax.upscale")
@@ -428,20 +432,21 @@ def corrupt_gt_png(t):
     bad = bytearray(good)
     bad[40:60] = b"\xff" * 20   # inside IDAT: CRC and zlib stream broken
     p, g = _pair(t, C.random_rgb(16, 16), bytes(bad))
-    return Case(["--pred-dir", p, "--gt-dir", g], [str(g / "a.png")])
+    return Case(["--pred-dir", p, "--gt-dir", g], [str(g / "a.png"), "cannot decode", "expected"])
 
 
 @case("glean_jax.evaluate")
 def huge_pred_header(t):
     p, g = _pair(t, C.huge_png(), C.random_rgb(16, 16))
-    return Case(["--pred-dir", p, "--gt-dir", g], [str(p / "a.png")])
+    return Case(["--pred-dir", p, "--gt-dir", g], [str(p / "a.png"), "10000000000 pixels", "expected"])
 
 
 @case("glean_jax.evaluate")
 def json_below_a_regular_file(t):
     p, g = _pair(t, C.random_rgb(16, 16), C.random_rgb(16, 16, 1))
     (t.d / "afile").write_text("x")
-    return Case(["--pred-dir", p, "--gt-dir", g, "--json", t.d / "afile" / "r.json"], ["afile", "--json"])
+    return Case(["--pred-dir", p, "--gt-dir", g, "--json", t.d / "afile" / "r.json"],
+                ["--json", "afile", "is not a folder", "expected"])
 
 
 @case("glean_jax.evaluate")
