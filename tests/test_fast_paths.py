@@ -7,6 +7,7 @@ Not timed. The jaxprs are traced on abstract shapes (nothing is computed for the
   are the input gradients of the forward's stride-2 convs: the weight gradient of a transposed conv (pathologically
   slow in XLA:CPU) never appears.
 * Exactness against mmagic's grouped per-sample-weight formulation (forward and up-conv).
+* The RRDB trunk is one ``lax.scan`` over the blocks' stacked parameters (compile time), equal to the unrolled loop.
 
 (A concatenation-free RRDB dense block was measured and not adopted: benchmarks/README.md.)
 """
@@ -24,6 +25,7 @@ from glean_jax.benchmark import iter_eqns
 from glean_jax.models import ops
 from glean_jax.models.build import variable_shapes
 from glean_jax.models.glean import GLEAN
+from glean_jax.models.rrdb import RRDBFeatureExtractor
 
 
 def _convs(jaxpr) -> list:
@@ -108,3 +110,29 @@ def test_modulated_conv_fast_form_is_exact_and_ungrouped():
             for e in _convs(jaxpr):
                 assert e.params["feature_group_count"] == 1
                 assert all(d == 1 for d in e.params["lhs_dilation"])
+
+
+def test_rrdb_trunk_is_one_scan_and_equals_the_unrolled_blocks():
+    """The 23 RRDBs run as one ``lax.scan`` (compiled once, not 23 times); same values as block after block."""
+    m = RRDBFeatureExtractor(8, 3, 8)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3), jnp.float32)
+    v = m.init(jax.random.key(0), x)
+    assert sorted(v["params"]) == ["body_0", "body_1", "body_2", "conv_body", "conv_first"]
+    jaxpr = jax.make_jaxpr(m.apply)(v, x)
+    scans = [e for e in iter_eqns(jaxpr) if e.primitive.name == "scan"]
+    assert len(scans) == 1 and scans[0].params["length"] == 3
+
+    def unrolled(mod, x):
+        feat = mod.conv_first(x)
+        body = feat
+        for block in mod.body:
+            body = block(body)
+        return feat + mod.conv_body(body)
+
+    out = m.apply(v, x)
+    ref = m.apply(v, x, method=unrolled)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
+    g = jax.grad(lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x))))(v["params"])
+    g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x, method=unrolled))))(v["params"])
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref), strict=True):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * (float(jnp.max(jnp.abs(b))) + 1e-6)

@@ -73,7 +73,22 @@ class RRDBFeatureExtractor(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         feat = self.conv_first(x)
-        body = feat
-        for block in self.body:
-            body = block(body)
+        if self.is_initializing() or len(self.body) < 2:
+            body = feat
+            for block in self.body:
+                body = block(body)
+        else:
+            # The same blocks, run as one lax.scan over their parameters stacked at run time (the parameter tree
+            # keeps one entry per block): XLA compiles one RRDB instead of 23 unrolled copies, which cut the CPU
+            # compile of the cat x8 train step (it had not finished after 20 min, 16 GB, unrolled).
+            params = [block.variables["params"] for block in self.body]
+            stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params)
+            rrdb = RRDB(self.mid_channels, self.growth_channels, self.dtype, parent=None)
+
+            def step(h: jax.Array, p: dict) -> tuple[jax.Array, None]:
+                return rrdb.apply({"params": p}, h), None
+
+            if self.remat:
+                step = jax.checkpoint(step)
+            body, _ = jax.lax.scan(step, feat, stacked)
         return feat + self.conv_body(body)
