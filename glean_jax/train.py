@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str]) -> ConfigDict:
     except flags.Error as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"command line: {msg}; expected --config FILE --workdir DIR [--config.field=value ...]") from e
+    except (SyntaxError, ImportError, OSError) as e:   # config_flags executes the config file while parsing
+        raise UserError(f"--config: cannot load the config file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        "expected a python file with get_config(), such as configs/demo.py") from e
     except (AttributeError, KeyError) as e:   # config_flags: an override of a field the config does not have
         name = str(e).strip("\"'")
         raise UserError(f"command line: unknown config field {name!r}; expected fields of "
@@ -64,6 +67,25 @@ def parse_args(argv: Sequence[str]) -> ConfigDict:
     if not FLAGS.workdir:
         raise UserError("--workdir: missing; expected the run directory (created if needed, resumed if present)")
     return config
+
+
+def check_workdir(workdir: str) -> None:
+    """A UserError when ``workdir`` cannot be a run directory (a file, below a file, or not writable)."""
+    import os
+    from pathlib import Path
+
+    p = Path(workdir)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--workdir {p}: exists and is not a folder; expected a run folder (created if needed, "
+                        "resumed if present)")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--workdir {p}: {parent} is a file, not a folder; expected a path whose folders can be "
+                        "created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir {p}: cannot write in {parent} (permission denied); expected a writable location")
 
 
 def init_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
@@ -98,6 +120,7 @@ def main(argv: Sequence[str]) -> int:
     from glean_jax.training.config import validate_config
 
     validate_config(config)
+    check_workdir(FLAGS.workdir)
     init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "orbax", "jax"):

@@ -661,15 +661,7 @@ def _shared_state(m: dict) -> dict:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in m["root"].rglob("*")}
 
 
-# cases whose fix is pending in a file another helper is still editing (strict: they must start passing with it)
-PENDING: dict[str, str] = {
-    "train-config_file_with_syntax_error": "glean_jax/train.py: a SyntaxError in --config is an internal error",
-    "train-workdir_below_a_regular_file": "glean_jax/train.py: an uncreatable --workdir is an internal error",
-}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=PENDING[n], strict=True))
-                                  if n in PENDING else n for n in sorted(CASES)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, models, tmp_path, capsys):
     module, build = CASES[name]
     t = Ctx(tmp_path / "case", models)
