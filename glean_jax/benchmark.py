@@ -184,20 +184,26 @@ def iter_eqns(jaxpr: Any) -> Any:
                 yield from iter_eqns(sub)
 
 
-def jaxpr_flops(jaxpr: Any) -> float:
-    """FLOPs (2 x MACs) of the convolutions and dot products in a jaxpr -- what the implementation actually does."""
+def jaxpr_flops(jaxpr: Any, multiplier: float = 1.0) -> float:
+    """FLOPs (2 x MACs) of the convolutions and dot products in a jaxpr -- what the implementation actually does.
+    A ``scan`` body counts ``length`` times (the RRDB trunk is one scan over its blocks)."""
+    jaxpr = jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") and not hasattr(jaxpr, "eqns") else jaxpr
     total = 0.0
-    for eqn in iter_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name == "conv_general_dilated":
             out = eqn.outvars[0].aval.shape
             rhs = eqn.invars[1].aval.shape
             out_feat = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += 2.0 * math.prod(out) * math.prod(rhs) / out_feat
+            total += multiplier * 2.0 * math.prod(out) * math.prod(rhs) / out_feat
         elif name == "dot_general":
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in lc)
+            total += multiplier * 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in lc)
+        inner = multiplier * (eqn.params.get("length", 1) if name == "scan" else 1)
+        for v in eqn.params.values():
+            for sub in _sub_jaxprs(v):
+                total += jaxpr_flops(sub, inner)
     return total
 
 
