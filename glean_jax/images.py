@@ -1,7 +1,8 @@
 """Image reading and writing shared by every command.
 
 ``read_rgb`` always returns ``uint8`` RGB ``(H, W, 3)``: grayscale is repeated to 3 channels, an alpha
-channel is dropped with a warning, 16-bit images keep their high byte (as OpenCV, which mmagic reads with), palette images are expanded.
+channel is dropped with a warning, 16-bit images keep their high byte (as OpenCV, which mmagic reads with),
+palette images are expanded.
 Every failure is a :class:`UserError` naming the file.
 """
 

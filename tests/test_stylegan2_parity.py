@@ -72,7 +72,8 @@ def test_generator_style_mixing_and_truncation(generator_pair):
     rs = np.random.RandomState(3)
     z1, z2 = rs.randn(2, 2, 512).astype(np.float32)
     mean = rs.randn(1, 512).astype(np.float32) * 0.1
-    ref = _torch_g(torch_g, [z1, z2], inject_index=3, truncation=0.7, truncation_latent=mo.load().torch.from_numpy(mean))
+    ref = _torch_g(torch_g, [z1, z2], inject_index=3, truncation=0.7,
+                   truncation_latent=mo.load().torch.from_numpy(mean))
     out = np.asarray(jax.jit(lambda v, a, b, m: g.apply(v, [a, b], inject_index=3, truncation=0.7,
                                                          truncation_latent=m, noise="fixed"))(v, z1, z2, mean))
     err = np.abs(out - ref).max()
