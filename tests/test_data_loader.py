@@ -188,7 +188,7 @@ def test_unreadable_image_raises_with_its_name_or_is_skipped(tmp_path, caplog):
 
 
 def test_config_errors():
-    with pytest.raises(UserError, match="tensorflow-datasets"):
+    with pytest.raises(UserError, match="data.tfds_name is empty"):
         make_train_iterator(synthetic_cfg(source="tfds"), global_batch_size=2, seed=0)
     with pytest.raises(UserError, match="expected one of folder, synthetic, tfds"):
         make_train_iterator(synthetic_cfg(source="lmdb"), global_batch_size=2, seed=0)

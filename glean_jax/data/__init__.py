@@ -17,7 +17,8 @@ def default_data_config() -> ConfigDict:
 
     Fields:
       source: 'folder' (mmagic image folders), 'synthetic' (random textures + MATLAB-bicubic LQ, no files) or
-        'tfds' (not available yet: needs tensorflow-datasets).
+        'tfds' (an array_record TFDS dataset, e.g. made by ``python -m glean_jax.data.make_tfds``; needs
+        ``pip install 'glean-jax[tfds]'``, not TensorFlow).
       root, lq_dir, gt_dir, meta_info: the training set, ``root/lq_dir/<name>`` and ``root/gt_dir/<name>``;
         meta_info (relative to root) lists the names, else the LQ folder (GT folder when blind) is listed.
       degradation: None (pre-made LQ) or 'blind' (in128out1024: LQ made online from the GT; lq_dir unused).
@@ -30,7 +31,9 @@ def default_data_config() -> ConfigDict:
         image cannot be read during training.
       check_headers: read every image header when the dataset is built (sizes, decodability).
       synthetic_size, synthetic_test_size: number of images of the synthetic train / test sets.
-      tfds_name, tfds_data_dir, tfds_split: for source='tfds'.
+      tfds_name, tfds_data_dir: for source='tfds', the dataset name and its TFDS data dir (or tfds_name = the
+        path of a prepared dataset's version folder); tfds_split, tfds_test_split: the training and evaluation
+        splits; tfds_gt_key, tfds_lq_key: the image features (degradation='blind' reads only the GT).
     """
     c = ConfigDict()
     c.source = "folder"
@@ -56,6 +59,9 @@ def default_data_config() -> ConfigDict:
     c.tfds_name = ""
     c.tfds_data_dir = config_dict.placeholder(str)
     c.tfds_split = "train"
+    c.tfds_test_split = "test"
+    c.tfds_gt_key = "gt"
+    c.tfds_lq_key = "lq"
     return c
 
 

@@ -50,9 +50,6 @@ def _check_cfg(cfg: ConfigDict) -> None:
     source = _get(cfg, "source", "folder")
     if source not in SOURCES:
         raise UserError(f"data.source={source!r}: expected one of {', '.join(SOURCES)}")
-    if source == "tfds":
-        raise UserError("data.source='tfds' needs the tensorflow-datasets package, which glean-jax does not "
-                        "support yet; expected 'folder' or 'synthetic'")
     deg = _get(cfg, "degradation")
     if deg not in (None, "", "blind"):
         raise UserError(f"data.degradation={deg!r}: expected None or 'blind'")
@@ -78,11 +75,21 @@ def make_train_source(cfg: ConfigDict) -> Any:
     check = bool(_get(cfg, "check_headers", True))
     if cfg.source == "synthetic":
         return SyntheticPairs(_get(cfg, "synthetic_size", 64), cfg.in_size, cfg.out_size, SYNTHETIC_TRAIN_SEED)
+    if cfg.source == "tfds":
+        return _tfds(cfg, _get(cfg, "tfds_split", "train"), gt_only=_get(cfg, "degradation") == "blind")
     if _get(cfg, "degradation") == "blind":
         return GTImageFolder(cfg.root, cfg.gt_dir, _get(cfg, "meta_info"), out_size=cfg.out_size,
                              check_headers=check)
     return PairedImageFolder(cfg.root, cfg.lq_dir, cfg.gt_dir, _get(cfg, "meta_info"), in_size=cfg.in_size,
                              out_size=cfg.out_size, check_headers=check)
+
+
+def _tfds(cfg: ConfigDict, split: str, gt_only: bool) -> Any:
+    from glean_jax.data.tfds_data import TFDSPairs
+
+    return TFDSPairs(_get(cfg, "tfds_name", ""), split, _get(cfg, "tfds_data_dir"), in_size=cfg.in_size,
+                     out_size=cfg.out_size, gt_only=gt_only, gt_key=_get(cfg, "tfds_gt_key", "gt"),
+                     lq_key=_get(cfg, "tfds_lq_key", "lq"))
 
 
 def hflip(img: np.ndarray) -> np.ndarray:
@@ -217,6 +224,8 @@ def make_eval_dataset(data_cfg: ConfigDict) -> Any:
     if data_cfg.source == "synthetic":
         return SyntheticPairs(_get(data_cfg, "synthetic_test_size", 8), data_cfg.in_size, data_cfg.out_size,
                               SYNTHETIC_TEST_SEED)
+    if data_cfg.source == "tfds":
+        return _tfds(data_cfg, _get(data_cfg, "tfds_test_split", "test"), gt_only=False)
     return PairedImageFolder(data_cfg.test_root, data_cfg.test_lq_dir, data_cfg.test_gt_dir,
                              _get(data_cfg, "test_meta_info"), in_size=data_cfg.in_size,
                              out_size=data_cfg.out_size, check_headers=bool(_get(data_cfg, "check_headers", True)))

@@ -176,8 +176,14 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
                         f"model.in_size/out_size={in_size}/{out_size}; expected the same geometry")
     _choice(cfg, "data.source", ("folder", "synthetic", "tfds"))
     if cfg.data.source == "tfds":
-        raise UserError("config.data.source='tfds': needs tensorflow-datasets, not supported; expected 'folder' or "
-                        "'synthetic'")
+        for key in ("tfds_name", "tfds_split", "tfds_test_split", "tfds_gt_key", "tfds_lq_key"):
+            value = cfg.data.get(key)
+            if not isinstance(value, str) or not value:
+                raise UserError(f"config.data.{key}={value!r}: expected a non-empty string with data.source='tfds'")
+        if check_files:
+            from glean_jax.data.tfds_data import open_builder
+
+            open_builder(cfg.data.tfds_name, cfg.data.tfds_data_dir)
     if check_files and cfg.data.source == "folder" and not os.path.isdir(cfg.data.root):
         raise UserError(f"config.data.root={cfg.data.root!r}: no such directory; expected the training set folder")
 
