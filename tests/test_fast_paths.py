@@ -25,7 +25,8 @@ from glean_jax.benchmark import iter_eqns
 from glean_jax.models import ops
 from glean_jax.models.build import variable_shapes
 from glean_jax.models.glean import GLEAN
-from glean_jax.models.rrdb import RRDBFeatureExtractor
+from glean_jax.models.layers import Conv
+from glean_jax.models.rrdb import RRDB, RRDBFeatureExtractor
 
 
 def _convs(jaxpr) -> list:
@@ -113,26 +114,36 @@ def test_modulated_conv_fast_form_is_exact_and_ungrouped():
 
 
 def test_rrdb_trunk_is_one_scan_and_equals_the_unrolled_blocks():
-    """The 23 RRDBs run as one ``lax.scan`` (compiled once, not 23 times); same values as block after block."""
+    """The 23 RRDBs run as one ``lax.scan`` (compiled once, not 23 times), and are initialised by one vmapped
+    init; same values as block after block, distinct random weights per block."""
     m = RRDBFeatureExtractor(8, 3, 8)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3), jnp.float32)
     v = m.init(jax.random.key(0), x)
     assert sorted(v["params"]) == ["body_0", "body_1", "body_2", "conv_body", "conv_first"]
+    k = [np.asarray(v["params"][f"body_{i}"]["rdb1"]["conv1"]["weight"]) for i in range(3)]
+    assert k[0].shape == (3, 3, 8, 8) and not np.array_equal(k[0], k[1]) and not np.array_equal(k[1], k[2])
+
+    def random_ops(n: int) -> int:
+        init = jax.make_jaxpr(lambda r: RRDBFeatureExtractor(8, n, 8).init(r, x))(jax.random.key(0))
+        return sum(e.primitive.name in ("random_bits", "threefry2x32") for e in iter_eqns(init))
+
+    assert random_ops(2) == random_ops(5) > 0  # one vmapped block init, whatever the number of blocks
     jaxpr = jax.make_jaxpr(m.apply)(v, x)
     scans = [e for e in iter_eqns(jaxpr) if e.primitive.name == "scan"]
     assert len(scans) == 1 and scans[0].params["length"] == 3
 
-    def unrolled(mod, x):
-        feat = mod.conv_first(x)
+    def unrolled(p, x):
+        conv = lambda name, h: Conv(8).apply({"params": p[name]}, h)  # noqa: E731
+        feat = conv("conv_first", x)
         body = feat
-        for block in mod.body:
-            body = block(body)
-        return feat + mod.conv_body(body)
+        for i in range(3):
+            body = RRDB(8, 8).apply({"params": p[f"body_{i}"]}, body)
+        return feat + conv("conv_body", body)
 
     out = m.apply(v, x)
-    ref = m.apply(v, x, method=unrolled)
+    ref = unrolled(v["params"], x)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
     g = jax.grad(lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x))))(v["params"])
-    g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x, method=unrolled))))(v["params"])
+    g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(unrolled(p, x))))(v["params"])
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref), strict=True):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * (float(jnp.max(jnp.abs(b))) + 1e-6)
