@@ -125,10 +125,23 @@ def test_one_vs_eight_devices(setup, one_device_step):
     for name, opt_a, opt_b in (("G", ref.g_opt, new.g_opt), ("D", ref.d_opt, new.d_opt)):
         a, b = _flat(opt_a.mu), _flat(opt_b.mu)
         scale = max(np.max(np.abs(v)) for v in a.values())
-        worst = max(np.max(np.abs(a[k] - b[k])) for k in a)
-        assert worst <= 1e-4 * scale, f"{name} grads differ by {worst} (max |grad| {scale})"
-    pa, pb = _flat(ref.g_params), _flat(new.g_params)
-    assert max(np.max(np.abs(pa[k] - pb[k])) for k in pa) <= 2e-5 * cfg.optim.lr / 1e-4
+        diff = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a]).astype(np.float64)
+        norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in a.values()))
+        # Relative L2 error (measured 1.7e-5 for G, 1.4e-4 for D; a wrong reduction or scale gives >= 1e-1), and
+        # every element within 1e-4 of the largest gradient except a few: a pre-activation within float rounding of
+        # a leaky ReLU's kink can take the other slope when sums run in another order, which moves the gradients of
+        # that channel (seen: 7 D bias elements of 11.5M, the worst 6.9e-6 = 8e-4 x max; the rest within 2e-9).
+        rel_l2 = np.sqrt(np.sum(diff ** 2)) / norm
+        outliers = int(np.sum(diff > 1e-4 * scale))
+        assert rel_l2 <= 1e-3 and outliers <= 1e-5 * diff.size, (
+            f"{name} grads: relative L2 error {rel_l2:.2e}, {outliers} of {diff.size} elements off by more than "
+            f"1e-4 x max |grad| {scale} (worst {diff.max():.2e})")
+    # Adam's first update is ~lr * g / (|g| + eps): where |g| is near eps (1e-8) rounding noise in g moves it by up to
+    # lr, so the parameters are compared where |g| > 1e-6 (mu = 0.1 g), and bounded by 2 lr everywhere.
+    pa, pb, mu = _flat(ref.g_params), _flat(new.g_params), _flat(ref.g_opt.mu)
+    lr = cfg.optim.lr
+    assert max(np.max(np.abs(pa[k] - pb[k])[np.abs(mu[k]) > 1e-7], initial=0) for k in pa) <= 2e-5 * lr / 1e-4
+    assert max(np.max(np.abs(pa[k] - pb[k])) for k in pa) <= 2 * lr
 
 
 def test_nonfinite_step_is_skipped(setup, one_device_step):
