@@ -61,16 +61,43 @@ def test_glean_forward_has_no_grouped_or_transposed_conv():
         assert all(d == 1 for d in e.params["lhs_dilation"]), "transposed (lhs-dilated) conv in the GLEAN forward"
 
 
-def test_glean_gradient_has_no_transposed_conv_weight_gradient():
+def test_glean_gradient_convs_are_all_plain_forward_convs():
+    """No conv in GLEAN's gradient is one XLA:CPU runs through its slow generic emitter: no lhs-dilated conv (the
+    input gradient of a stride-2 or transposed conv), no image-sized window (a native weight gradient), no grouped
+    conv -- the custom VJP of ``ops.conv`` computes them as plain convs and matrix products."""
     fwd, grad = _glean_jaxprs()
     strided = sum(1 for e in _convs(fwd) if any(s > 1 for s in e.params["window_strides"]))
     assert strided >= 1                           # the encoder's stride-2 conv
     grad_convs = _convs(grad)
-    assert all(e.params["feature_group_count"] == 1 for e in grad_convs)
-    lhs_dilated = sum(1 for e in grad_convs if any(d > 1 for d in e.params["lhs_dilation"]))
-    # Each stride-2 forward conv has exactly one lhs-dilated conv in its backward (its input gradient); the weight
-    # gradient of a forward transposed conv would add more.
-    assert lhs_dilated == strided
+    assert len(grad_convs) > len(_convs(fwd))     # the backward's input-gradient convs are there
+    for e in grad_convs:
+        assert e.params["feature_group_count"] == 1 and e.params["batch_group_count"] == 1
+        assert all(d == 1 for d in e.params["lhs_dilation"]) and all(d == 1 for d in e.params["rhs_dilation"])
+        assert max(e.invars[1].aval.shape[:2]) <= 3, e.invars[1].aval.shape   # kernel-sized windows only
+    assert sum(e.primitive.name == "dot_general" for e in iter_eqns(grad)) >= 9 * len(_convs(fwd)) // 2
+
+
+def test_conv_vjp_equals_autodiff_of_lax_conv():
+    """``ops.conv``'s hand-written backward (phase-decomposed input gradient, tap-wise matmul weight gradient)
+    against JAX's autodiff of ``lax.conv_general_dilated``: strides 1-3, kernels 1-5, paddings, odd sizes."""
+    rng = np.random.default_rng(0)
+    cases = [(7, 5, 3, 4, 3, 1, 1), (7, 5, 6, 4, 3, 1, 1), (6, 6, 4, 2, 1, 0, 1), (8, 9, 5, 3, 4, 2, 1),
+             (8, 8, 3, 4, 3, 1, 2), (9, 7, 3, 4, 3, 1, 2), (11, 9, 4, 3, 3, 0, 2), (8, 8, 3, 5, 1, 0, 2),
+             (12, 11, 2, 3, 4, 1, 2), (13, 11, 2, 3, 5, 2, 3), (6, 6, 2, 3, 1, 0, 3)]
+    for h, w_, ci, co, k, p, st in cases:
+        x = jnp.asarray(rng.standard_normal((2, h, w_, ci)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, ci, co)), jnp.float32)
+        def ours_f(x, w, st=st, p=p):
+            return jnp.sum(jnp.sin(ops.conv2d(x, w, st, p)))
+
+        def ref_f(x, w, st=st, p=p):
+            return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (st, st), ((p, p), (p, p)),
+                                                            dimension_numbers=ops.DIMENSION_NUMBERS)))
+
+        ours, ref = jax.grad(ours_f, (0, 1))(x, w), jax.grad(ref_f, (0, 1))(x, w)
+        for a, b in zip(ours, ref, strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5, err_msg=str((h, k, p, st)))
 
 
 def _grouped_modconv(x, w, s, upsample):
