@@ -149,8 +149,8 @@ def make_state(cfg: ConfigDict, g_trainable: dict, d_params: dict, rng: jax.Arra
 def _all_finite(tree: Any) -> jax.Array:
     """True when every element is finite, read off the global norm (NaN or inf anywhere makes it non-finite; so
     does a norm beyond float32's range, ~1.8e19, which no healthy step has). One norm instead of a per-leaf
-    ``all(isfinite)`` chain: that chain, feeding the skip-select of every parameter, made XLA:CPU take over 10
-    minutes to compile the cat x8 step (34 s with the norm)."""
+    ``all(isfinite)`` chain: that chain, feeding a select of every parameter between its old and new value, made
+    XLA:CPU take over 10 minutes to compile the cat x8 step (34 s with the norm)."""
     return jnp.isfinite(optax.global_norm(tree))
 
 
