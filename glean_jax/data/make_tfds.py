@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from glean_jax.data.datasets import GTImageFolder, PairedImageFolder
 from glean_jax.errors import UserError, cli_entry
@@ -70,9 +69,6 @@ def main(argv: Sequence[str]) -> int:
     from glean_jax.data.tfds_data import import_tfds, write_dataset
 
     import_tfds()  # the install hint before any reading
-    target = Path(a.out_dir) / a.name / a.version
-    if target.exists():
-        raise UserError(f"{target}: already exists; remove it or choose another --version")
     sources = {}
     for split, root in roots.items():
         if a.gt_only:

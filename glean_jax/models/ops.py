@@ -42,13 +42,11 @@ def fused_leaky_relu(x: jax.Array, bias: jax.Array | None = None, negative_slope
     return leaky_relu(x, negative_slope) * jnp.asarray(scale, x.dtype)
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int | tuple[int, int] = 0,
-           precision=None) -> jax.Array:
-    """``F.conv2d`` in NHWC/HWIO with explicit symmetric zero padding (an int, or (rows, cols)).
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0, precision=None) -> jax.Array:
+    """``F.conv2d(x, w, stride=stride, padding=padding)`` in NHWC/HWIO (symmetric zero padding on both axes).
 
     Same values as ``lax.conv_general_dilated``; the gradient is computed by :func:`conv`'s fast formulations."""
-    p = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    return conv(x, w.astype(x.dtype), int(stride), int(p[0]), int(p[1]), precision)
+    return conv(x, w.astype(x.dtype), int(stride), int(padding), int(padding), precision)
 
 
 def _conv_raw(x: jax.Array, w: jax.Array, stride: int, pad_h: int, pad_w: int, precision) -> jax.Array:
@@ -84,15 +82,15 @@ def _conv_fwd(x, w, stride, pad_h, pad_w, precision):
 def _conv_input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...], s: int, pad_h: int, pad_w: int,
                      precision) -> jax.Array:
     kh, kw, cin, _ = w.shape
-    w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)          # HW(out)(in)
+    w_oi = w.transpose(0, 1, 3, 2)                           # HW(out)(in): convs of g with it give dx
     if s == 1:
-        return _conv_raw(g, w_t, 1, kh - 1 - pad_h, kw - 1 - pad_w, precision)
+        return _conv_raw(g, jnp.flip(w_oi, (0, 1)), 1, kh - 1 - pad_h, kw - 1 - pad_w, precision)
     n, h, wd, _ = x_shape
     ho, wo = g.shape[1:3]
     hp, wp = h + 2 * pad_h, wd + 2 * pad_w
     uy, ux = -(-hp // s), -(-wp // s)                        # phase rows/cols (the largest phase)
     # Padded-input row s*u + r collects taps a = r + s*j from output rows u - j: a stride-1 correlation of g with
-    # the phase's sub-kernel, flipped (w_t is flipped already, so its phase taps run the other way round).
+    # the phase's sub-kernel w[r::s], flipped.
     phases = []
     for ry in range(s):
         row = []
@@ -101,7 +99,7 @@ def _conv_input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...], s: in
             if jy == 0 or jx == 0:
                 row.append(jnp.zeros((n, uy, ux, cin), g.dtype))
                 continue
-            sub = jnp.flip(jnp.flip(w_t, (0, 1))[ry::s, rx::s], (0, 1))
+            sub = jnp.flip(w_oi[ry::s, rx::s], (0, 1))
             gp = jnp.pad(g, ((0, 0), (jy - 1, uy - ho), (jx - 1, ux - wo), (0, 0)))
             row.append(_conv_raw(gp, sub, 1, 0, 0, precision))
         phases.append(jnp.stack(row, axis=3))                # (n, uy, ux, s, cin)
