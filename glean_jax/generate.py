@@ -181,6 +181,7 @@ def _compiled(arch: dict, dtype: str, what: str, variables: dict, x: np.ndarray,
     """
     import jax
 
+    from glean_jax import runtime
     from glean_jax.models.build import build_generator
 
     key = (tuple(sorted(arch.items())), dtype, what, x.shape, noise)
@@ -189,9 +190,9 @@ def _compiled(arch: dict, dtype: str, what: str, variables: dict, x: np.ndarray,
     g = build_generator(arch, dtype)
     t0 = time.perf_counter()
     if what == "mapping":
-        fn = jax.jit(lambda v, z: g.apply(v, z, method="mapping")).lower(variables, x).compile()
+        fn = runtime.jit(lambda v, z: g.apply(v, z, method="mapping")).lower(variables, x).compile()
     else:
-        fn = jax.jit(lambda v, w, rng: g.apply(v, w, noise, method="synthesis", rngs={"noise": rng})).lower(
+        fn = runtime.jit(lambda v, w, rng: g.apply(v, w, noise, method="synthesis", rngs={"noise": rng})).lower(
             variables, x, jax.random.key(0)).compile()
     _COMPILED[key] = fn
     return fn, time.perf_counter() - t0
@@ -199,13 +200,13 @@ def _compiled(arch: dict, dtype: str, what: str, variables: dict, x: np.ndarray,
 
 def mean_w(arch: dict, variables: dict, num_samples: int) -> np.ndarray:
     """Mean of ``mapping(z)`` over ``num_samples`` z = ``np.random.RandomState(0).randn(num_samples, C)``: (1, C)."""
-    import jax
 
+    from glean_jax import runtime
     from glean_jax.models.build import build_generator
 
     g = build_generator(arch, "float32")
     z = np.random.RandomState(0).randn(num_samples, int(arch["style_channels"])).astype(np.float32)
-    w = jax.jit(lambda v, z: g.apply(v, z, method="mapping"))(variables, z)
+    w = runtime.jit(lambda v, z: g.apply(v, z, method="mapping"))(variables, z)
     return np.asarray(w, np.float64).mean(axis=0, keepdims=True).astype(np.float32)
 
 

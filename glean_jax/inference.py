@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 
+from glean_jax import runtime
 from glean_jax.checkpoint import check_variables, load_model
 from glean_jax.errors import UserError
 from glean_jax.images import normalize
@@ -37,7 +38,7 @@ class SRModel:
         check_variables(variables.get("generator"), variable_shapes("glean", self.module), str(ckpt_dir),
                         f"GLEAN {self.in_size}->{self.out_size} as model.json describes it")
         self.variables = jax.device_put(variables["generator"])
-        self._apply = jax.jit(self.module.apply)
+        self._apply = runtime.jit(self.module.apply)
 
     def __call__(self, lq: np.ndarray) -> np.ndarray:
         lq = np.asarray(lq, np.float32)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from glean_jax import runtime
 from glean_jax.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -61,7 +62,7 @@ def example_input(kind: str, module: nn.Module, batch: int = 1) -> tuple:
 def init_variables(kind: str, module: nn.Module, rng: jax.Array, batch: int = 1) -> dict:
     """Random initial variables (jitted: un-jitted init of a 1024 bank takes tens of seconds on CPU)."""
     rngs = {"params": rng, "noise": jax.random.fold_in(rng, 1)}
-    return jax.jit(lambda r: module.init(r, *example_input(kind, module, batch)))(rngs)
+    return runtime.jit(lambda r: module.init(r, *example_input(kind, module, batch)))(rngs)
 
 
 def variable_shapes(kind: str, module: nn.Module) -> dict:

@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from glean_jax import metrics as metrics_lib
+from glean_jax import runtime
 from glean_jax.checkpoint import load_model, save_model
 from glean_jax.errors import UserError
 from glean_jax.images import make_grid, normalize, to_uint8, write_png
@@ -218,7 +219,7 @@ class Evaluator:
         self.max_images = cfg.eval_max_images
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
-        self.apply = _cached(("eval", cache_key), lambda: jax.jit(
+        self.apply = _cached(("eval", cache_key), lambda: runtime.jit(
             lambda tp, frozen, lq: g.apply(step_lib.glean_variables(tp, frozen), lq),
             in_shardings=(g_sharding, frozen_sharding, self.replicated), out_shardings=self.replicated))
 
@@ -324,7 +325,7 @@ def cached_init(kind: str, module: Any) -> Any:
     from glean_jax.models.build import example_input
 
     def build() -> Any:
-        return jax.jit(lambda rng: module.init({"params": rng, "noise": jax.random.fold_in(rng, 1)},
+        return runtime.jit(lambda rng: module.init({"params": rng, "noise": jax.random.fold_in(rng, 1)},
                                                *example_input(kind, module, 1)))
 
     return _cached(("init", kind, repr(module)), build)
@@ -385,7 +386,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     else:
         g_sh = step_lib.tree_shardings(trainable, mesh, config)
         d_sh = step_lib.tree_shardings(d_params, mesh, config)
-        state = jax.jit(lambda tr, dp, r: step_lib.make_state(config, tr, dp, r), out_shardings=state_sharding)(
+        state = runtime.jit(lambda tr, dp, r: step_lib.make_state(config, tr, dp, r), out_shardings=state_sharding)(
             to_global(trainable, g_sh), to_global(d_params, d_sh), rng)
     del gv, trainable, d_params
     log.info("initialised in %.1f s: %s", time.time() - t0, info)

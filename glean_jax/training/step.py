@@ -41,7 +41,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from glean_jax import losses
+from glean_jax import losses, runtime
 from glean_jax.models.build import compute_dtype
 from glean_jax.models.glean import GLEAN
 from glean_jax.models.stylegan2 import StyleGAN2Discriminator
@@ -244,5 +244,5 @@ def jit_train_step(cfg: ConfigDict, g: GLEAN, d: StyleGAN2Discriminator, mesh: M
     """``jax.jit`` of the step with the state donated and every output sharding pinned."""
     batch_sharding = {"lq": NamedSharding(mesh, P("data")), "gt": NamedSharding(mesh, P("data"))}
     replicated = NamedSharding(mesh, P())
-    return jax.jit(make_train_step_fn(cfg, g, d), in_shardings=(state_sharding, frozen_sharding, batch_sharding),
+    return runtime.jit(make_train_step_fn(cfg, g, d), in_shardings=(state_sharding, frozen_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))

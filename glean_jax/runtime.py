@@ -1,0 +1,56 @@
+"""How our jitted functions are compiled: :func:`jit` = ``jax.jit`` plus the XLA options of :func:`compiler_options`.
+
+On CPU, XLA (jaxlib 0.10) hands convolutions and matmuls to its experimental YNNPACK library fusions by default.
+On the 2-core AVX-512 machine this project is measured on, XLA's own kernels are faster for every conv GLEAN runs
+(float32, batch 4: 3x3 conv 160->32 ch at 32x32 3.9 -> 2.1 ms, 1024->1024 at 64x64 1.87 -> 1.51 s; a 4096^3
+matmul 182 -> 206 GFLOP/s; the cat x8 GLEAN forward at batch 4 8.9 -> 7.4 s), so on CPU we compile with those
+fusions off (``xla_cpu_experimental_ynn_fusion_type=""``). Per compilation, not through ``XLA_FLAGS``: nothing global
+changes, it applies only where the backend is the CPU, and it is dropped (with no error) on a jaxlib that does not
+know the option. Set ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` yourself to choose otherwise: then
+we pass nothing and XLA uses your value.
+
+Call these after ``jax.distributed.initialize`` (asking for the backend initialises it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _user_sets(option: str) -> bool:
+    return f"--{option}" in os.environ.get("XLA_FLAGS", "")
+
+
+@functools.cache
+def _cpu_options_supported(options: tuple[tuple[str, str], ...]) -> bool:
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros((), jnp.float32)).compile()
+    except Exception as e:  # noqa: BLE001 -- jaxlib raises XlaRuntimeError/JaxRuntimeError by version
+        if "compile option" in str(e):
+            return False
+        raise
+    return True
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str] | None:
+    """The XLA compile options our jits use on ``backend`` (default: JAX's default backend); None = XLA defaults."""
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    opts = {k: v for k, v in CPU_OPTIONS.items() if not _user_sets(k)}
+    if not opts or not _cpu_options_supported(tuple(sorted(opts.items()))):
+        return None
+    return opts
+
+
+def jit(fun: Callable, **kwargs: Any) -> Callable:
+    """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options` (looked up now: call it after
+    ``jax.distributed.initialize``)."""
+    return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
