@@ -306,6 +306,15 @@ def _prepare_config(cfg: ConfigDict, batch: int, dtype: str) -> ConfigDict:
     return cfg
 
 
+def make_inputs(cfg: ConfigDict, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The random (lq, gt) batch both sides are timed on."""
+    m = cfg.model
+    rng = np.random.default_rng(seed)
+    gt = rng.uniform(-1, 1, (batch, m.out_size, m.out_size, 3)).astype(np.float32)
+    lq = rng.uniform(-1, 1, (batch, m.in_size, m.in_size, 3)).astype(np.float32)
+    return {"lq": lq, "gt": gt}
+
+
 class Ours:
     """Our jitted forward and train step on one device, with random weights."""
 
@@ -320,11 +329,7 @@ class Ours:
         self.d_params = init_variables("stylegan2_discriminator", self.d, jax.random.key(seed + 1))["params"]
 
     def inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-        m = self.cfg.model
-        rng = np.random.default_rng(seed)
-        gt = rng.uniform(-1, 1, (batch, m.out_size, m.out_size, 3)).astype(np.float32)
-        lq = rng.uniform(-1, 1, (batch, m.in_size, m.in_size, 3)).astype(np.float32)
-        return {"lq": lq, "gt": gt}
+        return make_inputs(self.cfg, batch, seed)
 
     def infer_fn(self, batch: int) -> tuple[Callable[[], Any], float, Callable[[], np.ndarray]]:
         """(call, compile seconds, output getter)."""
@@ -546,10 +551,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch_sizes: Sequence[int], dtype: str,
                   compare: bool, mmagic_dtype: str = "float32", warmup: int = 1, repeats: int = 5,
                   log: Callable[[str], None] = print,
-                  on_result: Callable[[dict[str, Any]], None] | None = None, peak_size: int | None = None
-                  ) -> dict[str, Any]:
+                  on_result: Callable[[dict[str, Any]], None] | None = None, peak_size: int | None = None,
+                  mmagic_only: bool = False) -> dict[str, Any]:
     """Runs every (mode, batch size); returns ``{"machine": {...}, "results": [...]}``; ``on_result(report so far)``
-    after each result (the CLI rewrites its JSON then, so a run cut short keeps what it finished)."""
+    after each result (the CLI rewrites its JSON then, so a run cut short keeps what it finished).
+
+    ``mmagic_only`` times mmagic alone (our fields stay None): for models whose two sides do not fit in memory
+    together, measured in two runs (ours alone, then mmagic alone) instead of alternating in one."""
     machine = machine_info()
     log(f"benchmark {config_name}: {machine['platform']} {machine['device']}, load {machine['load_avg_start']}")
     peak_dtype = dtype if on_gpu() or dtype == "float32" else "float32"
@@ -561,8 +569,8 @@ def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch
     log(f"matmul peak ({peak_dtype}): {peak:.3f} TFLOP/s; analytic G forward "
         f"{flops['g_forward'] / 1e9:.1f} GFLOPs/img (bank {flops['bank_forward'] / 1e9:.1f}), train step "
         f"{flops['train_step'] / 1e9:.1f} GFLOPs/img")
-    ours = Ours(cfg, dtype)
-    theirs = Mmagic(ours.cfg, mmagic_dtype) if compare else None
+    ours = None if mmagic_only else Ours(cfg, dtype)
+    theirs = Mmagic(_prepare_config(cfg, 1, dtype), mmagic_dtype) if compare or mmagic_only else None
     if theirs is not None:
         machine["mmagic"] = dict(theirs.mo.load().versions)
         machine["mmagic"]["torch_threads"] = theirs.torch.get_num_threads()
@@ -573,47 +581,53 @@ def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch
     results = []
     for mode in modes:
         for batch in batch_sizes:
-            inputs = ours.inputs(batch)
+            inputs = make_inputs(cfg, batch)
             extra: dict[str, Any] = {}
+            call = compile_s = get_out = their_call = None
             if mode == "infer":
-                call, compile_s, get_out = ours.infer_fn(batch)
-                their_call = their_out = None
+                if ours is not None:
+                    call, compile_s, get_out = ours.infer_fn(batch)
                 if theirs is not None:
-                    their_call, their_out = theirs.infer_fn(batch, inputs)
-                if theirs is not None:
+                    their_call, _ = theirs.infer_fn(batch, inputs)
                     theirs.reset_peak()
-                a, b, rss_a, rss_b = alternate(call, their_call, warmup, repeats)
-                if dtype != "float32":
-                    out_low = get_out()
-                    extra["psnr_vs_float32_db"] = round(psnr(out_low, ours.float32_output(batch)), 2)
                 per_img = flops["g_forward"]
             else:
-                call, compile_s = ours.train_fn(batch)
-                their_call = theirs.train_fn(batch, inputs) if theirs is not None else None
+                if ours is not None:
+                    call, compile_s = ours.train_fn(batch)
                 if theirs is not None:
+                    their_call = theirs.train_fn(batch, inputs)
                     theirs.reset_peak()
-                a, b, rss_a, rss_b = alternate(call, their_call, warmup, repeats)
                 per_img = flops["train_step"]
                 extra["losses"] = ("pixel MSE + perceptual (VGG16 conv4_3, random weights) + GAN for G; BCE real + "
                                    "fake for D; Adam on both; bank frozen (both sides)")
-            ours_s = statistics.median(a)
-            ours_img_s = batch / ours_s
-            tflops = per_img * ours_img_s / 1e12
+            if ours is None:
+                b, _, rss_b, _ = alternate(their_call, None, warmup, repeats)
+                a, rss_a = [], 0.0
+            else:
+                a, b, rss_a, rss_b = alternate(call, their_call, warmup, repeats)
+            if ours is not None and mode == "infer" and dtype != "float32":
+                extra["psnr_vs_float32_db"] = round(psnr(get_out(), ours.float32_output(batch)), 2)
             res: dict[str, Any] = {
                 "config": config_name, "mode": mode, "batch_size": batch, "dtype": dtype,
-                "ours_img_s": round(ours_img_s, 4), "mmagic_img_s": None, "ratio": None,
-                "tflops_per_s": round(tflops, 4), "fraction_of_peak": round(tflops / peak, 4),
-                "compile_s": round(compile_s, 2),
-                "peak_mem_mb": round(_gpu_peak_mb() or rss_a, 1) if on_gpu() else round(rss_a, 1),
-                "ours_s": [round(x, 4) for x in a], "gflops_per_image": round(per_img / 1e9, 3),
-                "load_avg": load_avg(), "repeats": repeats, "warmup": warmup}
-            if machine["datasheet_tflops"]:
-                res["mfu"] = round(tflops / machine["datasheet_tflops"], 4)
+                "ours_img_s": None, "mmagic_img_s": None, "ratio": None, "tflops_per_s": None,
+                "fraction_of_peak": None, "compile_s": None, "peak_mem_mb": None,
+                "gflops_per_image": round(per_img / 1e9, 3), "load_avg": load_avg(), "repeats": repeats,
+                "warmup": warmup}
+            if ours is not None:
+                ours_s = statistics.median(a)
+                tflops = per_img * batch / ours_s / 1e12
+                res.update({"ours_img_s": round(batch / ours_s, 4), "tflops_per_s": round(tflops, 4),
+                            "fraction_of_peak": round(tflops / peak, 4), "compile_s": round(compile_s, 2),
+                            "peak_mem_mb": round(_gpu_peak_mb() or rss_a, 1) if on_gpu() else round(rss_a, 1),
+                            "ours_s": [round(x, 4) for x in a]})
+                if machine["datasheet_tflops"]:
+                    res["mfu"] = round(tflops / machine["datasheet_tflops"], 4)
             if theirs is not None:
                 their_s = statistics.median(b)
                 res["mmagic_img_s"] = round(batch / their_s, 4)
-                res["ratio"] = round(their_s / ours_s, 4)
-                res["ratio_best"] = round(min(b) / min(a), 4)      # of the fastest calls: least disturbed by load
+                if ours is not None:
+                    res["ratio"] = round(their_s / ours_s, 4)
+                    res["ratio_best"] = round(min(b) / min(a), 4)   # of the fastest calls: least disturbed by load
                 res["mmagic_dtype"] = mmagic_dtype + (" (torch.autocast)" if mmagic_dtype != "float32" else "")
                 res["mmagic_s"] = [round(x, 4) for x in b]
                 res["mmagic_peak_mem_mb"] = round(theirs.peak_mb() or rss_b, 1) if theirs.cuda else round(rss_b, 1)
@@ -630,7 +644,8 @@ def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch
     if peak_end > peak:
         machine["matmul_peak_tflops"] = {peak_dtype: round(peak_end, 4)}
         for res in results:
-            res["fraction_of_peak"] = round(res["tflops_per_s"] / peak_end, 4)
+            if res["tflops_per_s"] is not None:
+                res["fraction_of_peak"] = round(res["tflops_per_s"] / peak_end, 4)
             if theirs is not None:
                 res["mmagic_fraction_of_peak"] = round(res["mmagic_tflops_per_s"] / peak_end, 4)
     machine["load_avg_end"] = load_avg()
@@ -671,6 +686,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 4], help="one or more batch sizes (default 1 4)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="our compute dtype")
     p.add_argument("--compare-mmagic", action="store_true", help="also time the real mmagic (oracle install)")
+    p.add_argument("--mmagic-only", action="store_true",
+                   help="time mmagic alone (oracle install), for models whose two sides do not fit in memory at once")
     p.add_argument("--mmagic-dtype", choices=DTYPES, default="float32",
                    help="mmagic side: float32, or bfloat16 = torch.autocast (default float32)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per side (median reported)")
@@ -725,7 +742,7 @@ def main(argv: Sequence[str]) -> int:
 
     report = run_benchmark(cfg, name, modes, args.batch_size, args.dtype, args.compare_mmagic,
                            mmagic_dtype=args.mmagic_dtype, warmup=args.warmup, repeats=args.repeats, on_result=write,
-                           peak_size=args.peak_size)
+                           peak_size=args.peak_size, mmagic_only=args.mmagic_only)
     write(report)
     print(format_table(report))
     return 0

@@ -1,8 +1,12 @@
-"""Test setup: 8 simulated CPU devices (for sharding tests), deterministic CPU numerics."""
+"""Test setup: 8 simulated CPU devices (for sharding tests), deterministic CPU numerics.
+
+XLA's YNNPACK library fusions are off for every jit of the tests, as ``glean_jax.runtime.jit`` turns them off for
+the product's own (the suite runs ~15 % faster); ``tests/test_runtime.py`` checks the product path in a subprocess
+without this flag."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import sys  # noqa: E402

@@ -127,6 +127,22 @@ def test_cli_tiny_against_mmagic(tmp_path, mode):
     assert report["machine"]["mmagic"]["mmagic"] == "1.2.0"
 
 
+@pytest.mark.oracle
+def test_cli_tiny_mmagic_only(tmp_path, capsys):
+    """``--mmagic-only``: mmagic timed alone (the second of two runs for models whose sides do not fit together)."""
+    pytest.importorskip("mmagic")
+    cfg = write_tiny_config(tmp_path)
+    out = tmp_path / "bench.json"
+    rc = run_cli(B.main, ["--config", str(cfg), "--mode", "infer", "--batch-size", "2", "--repeats", "2",
+                          "--warmup", "0", "--peak-size", "512", "--mmagic-only", "--json", str(out)])
+    assert rc == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["mmagic_img_s"] > 0 and r["mmagic_tflops_per_s"] > 0 and r["mmagic_peak_mem_mb"] > 0
+    assert r["ours_img_s"] is None and r["ratio"] is None and r["compile_s"] is None and "ours_s" not in r
+    assert len(r["mmagic_s"]) == 2
+    assert "| tiny | infer | 2 | float32 | - |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--batch-size", "6"], "--batch-size 6"),
     (["--batch-size", "0"], "--batch-size"),

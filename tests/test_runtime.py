@@ -3,18 +3,17 @@ are not used (another backend, the user's own ``XLA_FLAGS`` choice)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
-from jax import lax
 
 from glean_jax import runtime
-from glean_jax.models import ops
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
-
-
-def _conv(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=ops.DIMENSION_NUMBERS)
 
 
 def test_compiler_options_cpu_only_and_user_flags_win(monkeypatch):
@@ -26,20 +25,48 @@ def test_compiler_options_cpu_only_and_user_flags_win(monkeypatch):
     assert runtime.compiler_options("cpu") is None
 
 
-def test_jit_compiles_convs_without_library_fusions_and_same_values(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+_PRODUCT_PATH = """
+import numpy as np, jax
+from jax import lax
+from glean_jax import runtime
+
+def conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 16, 16, 48)).astype(np.float32)
+w = (rng.standard_normal((3, 3, 48, 32)) * 0.1).astype(np.float32)
+ours, plain = runtime.jit(conv).lower(x, w).compile(), jax.jit(conv).lower(x, w).compile()
+np.save("out.npy", np.stack([np.asarray(ours(x, w)), np.asarray(plain(x, w))]))
+print("ours_ynn", "ynn_fusion" in ours.as_text(), "plain_ynn", "ynn_fusion" in plain.as_text())
+"""
+
+
+def test_jit_compiles_convs_without_library_fusions_and_same_values(tmp_path):
+    """In a fresh process with XLA's defaults (the suite's own XLA_FLAGS turn the fusions off globally)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-c", _PRODUCT_PATH], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # XLA (pinned jaxlib) fuses the conv into a YNNPACK call by default; runtime.jit's option removes it.
+    assert "ours_ynn False plain_ynn True" in r.stdout
+    ours, plain = np.load(tmp_path / "out.npy")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 16, 16, 48)).astype(np.float32)
-    w = (rng.standard_normal((3, 3, 48, 32)) * 0.1).astype(np.float32)
-    ours = runtime.jit(_conv).lower(x, w).compile()
-    assert "ynn_fusion" not in ours.as_text()
-    plain = jax.jit(_conv).lower(x, w).compile()
-    # Same function, another kernel: float32 rounding only (|y| ~ 2, 432 products per output).
-    np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(plain(x, w)), rtol=0, atol=2e-5)
-    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ref = sum(np.einsum("nhwc,co->nhwo", xp[:, a:a + 16, b:b + 16], w[a, b].astype(np.float64))
-              for a in range(3) for b in range(3))
-    np.testing.assert_allclose(np.asarray(ours(x, w)), ref, rtol=0, atol=2e-5)
+    x = rng.standard_normal((2, 16, 16, 48))
+    w = rng.standard_normal((3, 3, 48, 32)) * 0.1
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = sum(np.einsum("nhwc,co->nhwo", xp[:, a:a + 16, b:b + 16], w[a, b]) for a in range(3) for b in range(3))
+    # Same function, other kernels: float32 rounding only (|y| ~ 2, 432 products per output).
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(plain, ref, rtol=0, atol=2e-5)
+
+
+def test_product_code_compiles_through_runtime_jit():
+    """Every jit in the package goes through runtime.jit (the CPU options), none through jax.jit directly."""
+    pkg = Path(runtime.__file__).parent
+    offenders = [f"{p.relative_to(pkg)}:{i}" for p in sorted(pkg.rglob("*.py")) if p.name != "runtime.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if "jax.jit(" in line.split("#")[0]]
+    assert not offenders, offenders
 
 
 def test_unknown_option_is_dropped(monkeypatch):
