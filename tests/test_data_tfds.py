@@ -189,3 +189,33 @@ def test_training_config_validation_opens_the_dataset(tfds_dir):
     cfg.data.tfds_split = ""
     with pytest.raises(UserError, match=r"config.data.tfds_split='': expected a non-empty string"):
         validate_config(cfg, check_files=False)
+
+
+def test_data_check_reads_every_record_of_a_tfds_dataset(folders, tfds_dir, tmp_path, capsys):
+    """``python -m glean_jax.data.check --tfds``: every record of each split read as training reads it."""
+    from glean_jax.data.check import main as check
+
+    args = ["--tfds", "toy_x4", "--tfds-data-dir", str(tfds_dir), "--in-size", "4", "--out-size", "16"]
+    assert run_cli(check, [*args, "--split", "train", "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "split 'train': 5 records read" in out and "split 'test': 2 records read" in out
+    assert out.strip().endswith("toy_x4: 7 records listed, 0 problem(s), 2 note(s): OK")
+    # wrong sizes against the declared shapes, and a split that does not exist: all reported, exit 2
+    assert run_cli(check, ["--tfds", "toy_x4", "--tfds-data-dir", str(tfds_dir), "--in-size", "8", "--out-size",
+                           "32", "--split", "train", "--split", "val"]) == 2
+    out = capsys.readouterr().out
+    assert "GT feature 'gt' is declared 16x16; expected 32x32" in out
+    assert "no split 'val'; it has test, train" in out and "NOT OK" in out
+    # a truncated shard: the unreadable records are problems, the rest still read
+    src = PairedImageFolder(folders / "train", "BIx4_down", "GT")
+    version = write_dataset("toy_cut", tmp_path, {"train": src})
+    shard = next(p for p in version.iterdir() if ".array_record" in p.name)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    assert run_cli(check, ["--tfds", "toy_cut", "--tfds-data-dir", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "problem: " in out and "split 'train', record" in out and ": cannot read" in out
+    # folder-only options are refused with --tfds, and --tfds options without it
+    assert run_cli(check, ["--tfds", "toy_x4", "--lq-dir", "X"]) == 2
+    assert run_cli(check, [str(folders / "train"), "--lq-dir", "BIx4_down", "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "expected no ROOT/--root, --lq-dir or --meta-info" in err and "apply to --tfds only" in err

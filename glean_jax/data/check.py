@@ -2,11 +2,15 @@
 
     python -m glean_jax.data.check --root R --lq-dir L --gt-dir G [--meta-info M] --in-size 32 --out-size 256
     python -m glean_jax.data.check --root R --gt-dir G --gt-only --out-size 1024      # blind (GT-only) data
+    python -m glean_jax.data.check --tfds NAME [--tfds-data-dir D] [--split train --split test] --in-size 32 \
+        --out-size 256                                                                 # a TFDS (array_record) dataset
 
 Reads the layout the way :class:`glean_jax.data.datasets.PairedImageFolder` (mmagic's ``BasicImageDataset``)
 does, then decodes every image fully and reports: files named in the meta-info but missing, unreadable or
 truncated images, wrong sizes, and (as notes, not problems) grayscale, alpha, palette and 16-bit files with what
-the loader will do to them. Exit status 0 when there is no problem, 2 otherwise.
+the loader will do to them. A TFDS dataset is opened as :class:`glean_jax.data.tfds_data.TFDSPairs` (the training
+reader) and every record of each split is read: missing splits or features, declared sizes, unreadable records and
+decoded sizes are reported. Exit status 0 when there is no problem, 2 otherwise.
 """
 
 from __future__ import annotations
@@ -115,6 +119,31 @@ def check_dataset(root: str | os.PathLike, gt_dir: str, lq_dir: str | None = Non
     return len(entries), problems, notes
 
 
+def check_tfds(name: str, data_dir: str | None, splits: Sequence[str], gt_only: bool = False,
+               in_size: int | None = None, out_size: int | None = None, gt_key: str | None = None,
+               lq_key: str | None = None) -> tuple[int, list[str], list[str]]:
+    """Reads every record of each split of a TFDS dataset as training would; returns (records, problems, notes)."""
+    from glean_jax.data import tfds_data
+
+    keys = {"gt_key": gt_key or tfds_data.GT_KEY, "lq_key": lq_key or tfds_data.LQ_KEY}
+    total, problems, notes = 0, [], []
+    for split in splits:
+        try:
+            ds = tfds_data.TFDSPairs(name, split, data_dir, in_size=in_size, out_size=out_size, gt_only=gt_only,
+                                     **keys)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        total += len(ds)
+        for i in range(len(ds)):
+            try:
+                ds[i]
+            except UserError as e:
+                problems.append(str(e))
+        notes.append(f"{ds.label}, split {split!r}: {len(ds)} records read")
+    return total, problems, notes
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m glean_jax.data.check", description=__doc__.split("\n\n")[0])
     p.add_argument("root_pos", nargs="?", default=None, metavar="ROOT", help="dataset root (or use --root)")
@@ -125,22 +154,37 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--gt-only", action="store_true", help="GT-only dataset (blind degradation); no LQ folder")
     p.add_argument("--in-size", type=int, default=None, help="expected LQ size (square)")
     p.add_argument("--out-size", type=int, default=None, help="expected GT size (square)")
+    p.add_argument("--tfds", default=None, metavar="NAME",
+                   help="check a TFDS (array_record) dataset instead of folders: its name or version folder")
+    p.add_argument("--tfds-data-dir", default=None, help="TFDS data dir holding NAME (default: TFDS's own)")
+    p.add_argument("--split", action="append", default=None, help="TFDS split to read (repeatable; default train)")
+    p.add_argument("--gt-key", default=None, help="TFDS GT image feature (default gt)")
+    p.add_argument("--lq-key", default=None, help="TFDS LQ image feature (default lq)")
     p.add_argument("--threads", type=int, default=8, help="reader threads")
     p.add_argument("--max-lines", type=int, default=200, help="print at most this many problem/note lines each")
     a = p.parse_args(argv)
     root = a.root or a.root_pos
-    if root is None:
-        raise UserError("no dataset root given; expected ROOT or --root")
-    if not a.gt_only and a.lq_dir is None:
-        raise UserError("--lq-dir is missing; expected the LQ folder name (e.g. BIx8_down), or --gt-only")
-    n, problems, notes = check_dataset(root, a.gt_dir, None if a.gt_only else a.lq_dir, a.meta_info,
-                                       a.in_size, a.out_size, a.threads)
+    if a.tfds is not None:
+        if root is not None or a.lq_dir is not None or a.meta_info is not None:
+            raise UserError("--tfds checks a TFDS dataset: expected no ROOT/--root, --lq-dir or --meta-info with it")
+        n, problems, notes = check_tfds(a.tfds, a.tfds_data_dir, a.split or ["train"], a.gt_only, a.in_size,
+                                        a.out_size, a.gt_key, a.lq_key)
+        root = a.tfds
+    else:
+        if root is None:
+            raise UserError("no dataset root given; expected ROOT or --root (or --tfds NAME)")
+        if a.split or a.tfds_data_dir or a.gt_key or a.lq_key:
+            raise UserError("--split/--tfds-data-dir/--gt-key/--lq-key apply to --tfds only; expected --tfds NAME")
+        if not a.gt_only and a.lq_dir is None:
+            raise UserError("--lq-dir is missing; expected the LQ folder name (e.g. BIx8_down), or --gt-only")
+        n, problems, notes = check_dataset(root, a.gt_dir, None if a.gt_only else a.lq_dir, a.meta_info,
+                                           a.in_size, a.out_size, a.threads)
     for label, lines in (("problem", problems), ("note", notes)):
         for line in lines[:a.max_lines]:
             print(f"{label}: {line}")
         if len(lines) > a.max_lines:
             print(f"{label}: ... and {len(lines) - a.max_lines} more")
-    kind = "GT images" if a.gt_only else "LQ/GT pairs"
+    kind = "records" if a.tfds else "GT images" if a.gt_only else "LQ/GT pairs"
     verdict = "OK" if not problems else "NOT OK"
     print(f"{root}: {n} {kind} listed, {len(problems)} problem(s), {len(notes)} note(s): {verdict}")
     return 0 if not problems else 2
