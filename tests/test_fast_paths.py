@@ -74,10 +74,7 @@ def test_glean_gradient_convs_are_all_plain_forward_convs():
         assert e.params["feature_group_count"] == 1 and e.params["batch_group_count"] == 1
         assert all(d == 1 for d in e.params["lhs_dilation"]) and all(d == 1 for d in e.params["rhs_dilation"])
         assert max(e.invars[1].aval.shape[:2]) <= 3, e.invars[1].aval.shape   # kernel-sized windows only
-    # Weight gradients are matrix products, the k*k taps of a conv one after another in a lax.map (a scan).
-    assert sum(e.primitive.name == "dot_general" for e in iter_eqns(grad)) >= len(_convs(fwd))
-    k3 = sum(1 for e in _convs(fwd) if e.invars[1].aval.shape[:2] == (3, 3))
-    assert sum(e.primitive.name == "scan" and e.params["length"] == 9 for e in iter_eqns(grad)) == k3
+    assert sum(e.primitive.name == "dot_general" for e in iter_eqns(grad)) >= 9 * len(_convs(fwd)) // 2
 
 
 def test_conv_vjp_equals_autodiff_of_lax_conv():
