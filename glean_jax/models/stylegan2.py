@@ -91,13 +91,13 @@ class ModulatedConv2d(nn.Module):
             weight = weight * scale
             weight = weight * (scale / jnp.max(jnp.abs(weight), axis=(0, 2, 3), keepdims=True))
             style = style / jnp.max(jnp.abs(style), axis=-1, keepdims=True)
-            s = EqualLinear(cin, bias_init=1.0, name="style_modulation")(style)
-        else:
+        s = EqualLinear(cin, bias_init=1.0, name="style_modulation")(style)
+        if not (self.fp16_enabled and self.demodulate):
             # The equalised-LR scale rides on the per-sample styles (N, I) rather than the (k, k, I, O) weight:
             # conv(x * s, W * c) = conv(x * (s c), W), and the demodulation sums see the same products -- the same
             # function without a pass over the weight each call (the bank's 3x3x512x512 weights: ~55 ms of the cat
             # x8 forward at batch 1).
-            s = EqualLinear(cin, bias_init=1.0, name="style_modulation")(style) * scale
+            s = s * scale
         return ops.modulated_conv(x.astype(self.dtype), weight.astype(self.dtype), s,
                                   demodulate=self.demodulate, upsample=self.upsample)
 
