@@ -35,7 +35,7 @@ def get_config() -> ConfigDict:
     c.total_steps = 40
     c.log_every = 5
     c.checkpoint_every = 20
-    c.keep_checkpoints = 2
+    c.keep_checkpoints = 1
     c.sample_every = 10
     c.eval_every = 10
     c.eval_max_images = 8

@@ -187,7 +187,8 @@ def iter_eqns(jaxpr: Any) -> Any:
 
 def jaxpr_flops(jaxpr: Any, multiplier: float = 1.0) -> float:
     """FLOPs (2 x MACs) of the convolutions and dot products in a jaxpr -- what the implementation actually does.
-    A ``scan`` body counts ``length`` times (the RRDB trunk is one scan over its blocks)."""
+    A ``scan`` body counts ``length`` times (the RRDB trunk is one scan over its blocks), a ``cond`` its costliest
+    branch."""
     jaxpr = jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") and not hasattr(jaxpr, "eqns") else jaxpr
     total = 0.0
     for eqn in jaxpr.eqns:
@@ -201,6 +202,9 @@ def jaxpr_flops(jaxpr: Any, multiplier: float = 1.0) -> float:
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += multiplier * 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in lc)
+        if name == "cond":    # one branch runs (``lax.platform_dependent`` picks one per backend): the costliest
+            total += max(jaxpr_flops(b, multiplier) for b in eqn.params["branches"])
+            continue
         inner = multiplier * (eqn.params.get("length", 1) if name == "scan" else 1)
         for v in eqn.params.values():
             for sub in _sub_jaxprs(v):

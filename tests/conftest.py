@@ -28,3 +28,23 @@ def pytest_runtest_makereport(item, call):
             and os.environ.get("GLEAN_REQUIRE_ORACLE") == "1"):
         rep.outcome = "failed"
         rep.longrepr = f"oracle test skipped but GLEAN_REQUIRE_ORACLE=1: {rep.longrepr}"
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``mktemp(name) -> Path`` for module-scoped fixtures; the directories are removed when the module ends.
+
+    The suite writes many checkpoints (hundreds of MB each); pytest keeps ``tmp_path_factory`` directories until the
+    next sessions rotate them out, so without this one run would hold ~13 GB of disk at its end. Per-test
+    ``tmp_path`` directories go as each test passes (``tmp_path_retention_policy = "failed"`` in pyproject.toml)."""
+    import shutil
+
+    made: list[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)

@@ -48,13 +48,13 @@ def _random_variables(kind: str, arch: dict, seed: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(module_tmp) -> dict[str, Path]:
     """mmagic state_dict files and converted model directories: GLEAN 4->8 and a StyleGAN2 8x8 generator."""
     from convert.mmagic import convert_file
     from convert.to_mmagic import module_state
     from convert.torch_io import save_torch_state
 
-    root = tmp_path_factory.mktemp("corpus_models")
+    root = module_tmp("corpus_models")
     glean_sd = module_state("glean", GLEAN_ARCH, _random_variables("glean", GLEAN_ARCH, 0))
     sg_sd = module_state("stylegan2_generator", SG_ARCH, _random_variables("stylegan2_generator", SG_ARCH, 1))
     save_torch_state(root / "glean.pth", glean_sd)

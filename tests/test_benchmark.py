@@ -63,6 +63,20 @@ def test_analytic_forward_equals_traced_convolutions():
     assert analytic <= traced <= analytic * 1.01
 
 
+def test_traced_flops_of_a_conv_gradient_count_one_backend_branch():
+    """``ops.conv``'s backward is a ``lax.platform_dependent`` choice (CPU formulation / native): the traced count
+    takes one branch, so forward + input gradient + weight gradient = 3x the forward."""
+    from glean_jax.models import ops
+
+    x = jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, 4, 5), jnp.float32)
+    fwd = 2.0 * 2 * 8 * 8 * 5 * 9 * 4
+    assert B.jaxpr_flops(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, 1, 1))(x, w)) == fwd
+    grad = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(ops.conv2d(x, w, 1, 1)), argnums=(0, 1)))(x, w)
+    assert any(e.primitive.name == "cond" for e in B.iter_eqns(grad))
+    assert B.jaxpr_flops(grad) == 3 * fwd
+
+
 def write_tiny_config(tmp_path):
     p = tmp_path / "tiny.py"
     p.write_text(

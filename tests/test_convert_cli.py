@@ -79,9 +79,9 @@ def _load_strict(module, state: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def sg2(tmp_path_factory):
+def sg2(module_tmp):
     """A StyleGAN2 model checkpoint: G, G_ema (different weights) and D, all 64x64, channel_multiplier 1."""
-    d = tmp_path_factory.mktemp("sg2")
+    d = module_tmp("sg2")
     g = mo.state_dict_numpy(mo.build_generator(64, seed=1, channel_multiplier=1))
     g_ema = mo.state_dict_numpy(mo.build_generator(64, seed=2, channel_multiplier=1))
     disc = mo.state_dict_numpy(mo.build_discriminator(64, seed=3, channel_multiplier=1))
@@ -93,9 +93,9 @@ def sg2(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def g8(tmp_path_factory):
+def g8(module_tmp):
     """A small bare StyleGAN2Generator(8) state_dict and its file, for the bad-input cases."""
-    d = tmp_path_factory.mktemp("g8")
+    d = module_tmp("g8")
     state = mo.state_dict_numpy(mo.build_generator(8, seed=4))
     return {"dir": d, "state": state, "path": _save(d / "g8.pth", state)}
 

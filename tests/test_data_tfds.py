@@ -35,16 +35,16 @@ def _layout(root: Path, names: list[str], seed: int, lq: int = 4, gt: int = 16) 
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("tfds_src")
+def folders(module_tmp) -> Path:
+    base = module_tmp("tfds_src")
     _layout(base / "train", TRAIN, 0)
     _layout(base / "test", TEST, 1)
     return base
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(folders, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tfds_out")
+def tfds_dir(folders, module_tmp) -> Path:
+    out = module_tmp("tfds_out")
     rc = run_cli(make_tfds, ["--name", "toy_x4", "--out-dir", str(out), "--split", f"train={folders / 'train'}",
                              "--split", f"test={folders / 'test'}", "--lq-dir", "BIx4_down", "--gt-dir", "GT",
                              "--in-size", "4", "--out-size", "16"])

@@ -140,14 +140,14 @@ def _counts(state: dict) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fault_logs")
+def logs(module_tmp) -> Path:
+    return module_tmp("fault_logs")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, logs) -> Path:
+def reference(module_tmp, logs) -> Path:
     """An uninterrupted run: checkpoints 2, 4, 6."""
-    wd = tmp_path_factory.mktemp("reference") / "run"
+    wd = module_tmp("reference") / "run"
     run = Run(wd, logs, "reference")
     rc = run.finish()
     assert rc == 0, run.stderr[-3000:]

@@ -34,10 +34,10 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def bank(tmp_path_factory):
+def bank(module_tmp):
     """(torch G, checkpoint dir): a seeded, randomised mmagic G64 converted with the CLI (subprocess)."""
     torch = mo.load().torch
-    d = tmp_path_factory.mktemp("bank")
+    d = module_tmp("bank")
     g = mo.build_generator(SIZE, seed=7, channel_multiplier=1)   # 256 channels at 64x64: faster
     torch.save(g.state_dict(), d / "g.pth")
     r = subprocess.run([sys.executable, "-m", "convert.mmagic", str(d / "g.pth"), str(d / "ckpt")], cwd=ROOT,
@@ -215,8 +215,8 @@ def test_parse_seeds():
 
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
-def bad_files(bank, tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
+def bad_files(bank, module_tmp):
+    d = module_tmp("bad")
     _, ckpt = bank
     (d / "text.npy").write_text("this is not an array\n")
     good = d / "good.npy"

@@ -93,7 +93,7 @@ VGG_SEED = 3
 
 
 @pytest.fixture(scope="module")
-def mmagic_perceptual(tmp_path_factory):
+def mmagic_perceptual(module_tmp):
     """Builds real mmagic ``PerceptualLoss`` objects on a seeded torchvision-layout VGG16.
 
     mmagic 1.2.0's ``PerceptualVGG`` calls ``torchvision.models.vgg.vgg16(pretrained=True)`` (its ``init_weights``
@@ -122,7 +122,7 @@ def mmagic_perceptual(tmp_path_factory):
     ref = make_loss(layer_weights={"21": 1.0}, norm_img=False)
     assert calls and calls[-1]["pretrained"] is True
     assert len(ref.vgg.vgg_layers) == 22
-    d = tmp_path_factory.mktemp("percep")
+    d = module_tmp("percep")
     sd = {f"perceptual_loss.{k}": v for k, v in mo.state_dict_numpy(ref).items()}
     assert "perceptual_loss.vgg.vgg_layers.21.weight" in sd and "perceptual_loss.vgg.mean" in sd
     sd["generator.encoder.0.0.conv_first.weight"] = np.zeros((4, 3, 3, 3), np.float32)

@@ -27,8 +27,8 @@ def _flat(tree):
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrained")
+def ckpts(module_tmp):
+    root = module_tmp("pretrained")
     gen = jax.device_get(init_variables("stylegan2_generator", build("stylegan2_generator", GEN_ARCH),
                                         jax.random.key(7)))
     disc = jax.device_get(init_variables("stylegan2_discriminator", build("stylegan2_discriminator", D_ARCH),

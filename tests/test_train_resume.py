@@ -26,7 +26,7 @@ def tiny_config():
     c.model.mbstd_shards = 2
     c.batch_size = 8
     c.total_steps = 4
-    c.checkpoint_every = 2
+    c.checkpoint_every, c.keep_checkpoints = 2, 2
     c.log_every = 2
     c.eval_every = 100
     c.sample_every = 100
@@ -44,8 +44,8 @@ def _flat(tree):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("straight")
+def straight(module_tmp):
+    wd = module_tmp("straight")
     return wd, train_and_evaluate(tiny_config(), wd, progress=False)
 
 

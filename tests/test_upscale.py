@@ -32,7 +32,7 @@ def _photo(size: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def glean(tmp_path_factory):
+def glean(module_tmp):
     """(checkpoint dir, mmagic module, torch): a randomised mmagic GLEAN 16->64 saved as .pth and converted."""
     from tests.oracle import mmagic_oracle as mo
 
@@ -42,7 +42,7 @@ def glean(tmp_path_factory):
         pytest.skip(str(e))
     from convert.mmagic import convert_file
 
-    root = tmp_path_factory.mktemp("glean")
+    root = module_tmp("glean")
     g = mo.build_glean(IN, OUT, seed=7, num_rrdbs=2)
     ns.torch.save(g.state_dict(), root / "glean.pth")
     convert_file(root / "glean.pth", root / "ckpt")
@@ -109,12 +109,12 @@ def _inputs(folder: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def folder_run(glean, tmp_path_factory):
+def folder_run(glean, module_tmp):
     """One CLI run over a folder of good inputs plus a wrong-size and a corrupt file, batch 4 (last batch padded),
     --save-raw. Returns (rc, stdout, stderr, out dir, input dir, expected inputs, mmagic outputs by name)."""
     import contextlib
 
-    root = tmp_path_factory.mktemp("folder")
+    root = module_tmp("folder")
     inp = root / "in"
     expect = _inputs(inp)
     Image.fromarray(_photo(20)).save(inp / "big.png")

@@ -68,9 +68,9 @@ def tv_model() -> TorchVGG16:
 
 
 @pytest.fixture(scope="module")
-def tv_ckpt(tv_model, tmp_path_factory) -> tuple[Path, Path]:
+def tv_ckpt(tv_model, module_tmp) -> tuple[Path, Path]:
     """(source .pth, converted checkpoint dir) through the real CLI."""
-    d = tmp_path_factory.mktemp("vgg")
+    d = module_tmp("vgg")
     src = d / "vgg16.pth"
     save_torch_state(src, torch_state(tv_model))
     out = d / "vgg16_jax"

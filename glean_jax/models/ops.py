@@ -6,6 +6,8 @@
 * ``modulated_conv``     = mmagic ``ModulatedConv2d`` (grouped per-sample weights), computed in the
                            *input-scale* form ``conv(x * s, W) * d`` around one shared-weight conv: the same function,
                            5x (forward) to 9x (backward) faster in XLA than a grouped conv.
+* ``conv``               = ``lax.conv_general_dilated`` (NHWC/HWIO) with a hand-written backward for XLA:CPU (canonical-
+                           layout forward convs only; autodiff's backward lowers to slow generic convs there).
 * ``conv_transpose_s2``  = ``F.conv_transpose2d(x, W, stride=2, padding=0)`` (output 2H+1), computed by phase
                            (sub-pixel) decomposition into four plain convs: XLA:CPU differentiates an lhs-dilated conv
                            ~50x slower.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,17 +62,21 @@ def conv(x: jax.Array, w: jax.Array, stride: int = 1, pad_h: int = 0, pad_w: int
 
     Same values as ``lax.conv_general_dilated``; only the backward pass differs. Autodiff's transpose lowers to
     convolutions XLA:CPU runs through a slow generic emitter -- the input gradient with an OI-swapped kernel (and,
-    for stride 2, an lhs-dilated one), the weight gradient as a conv with an image-sized window -- and inside a
-    ``lax.scan`` (the RRDB trunk) every conv of the backward ran at ~7 GFLOP/s, 12-20x below the forward. Here:
+    for stride 2, an lhs-dilated one), the weight gradient as a conv in a transposed layout with an image-sized
+    window -- and inside a ``lax.scan`` (the RRDB trunk) every conv of the backward ran at ~7 GFLOP/s, 12-20x below
+    the forward. Here, on CPU, every conv of the backward is a forward conv in the canonical NHWC/HWIO layout (other
+    backends lower autodiff's own backward, which their compilers map to native conv-gradient kernels):
 
-    * input gradient: plain stride-1 forward convs of the output gradient with the flipped kernel, materialised in
-      HWIO; for stride s one conv per output phase (sub-kernel ``w[ry::s, rx::s]``), interleaved (no dilation);
-    * weight gradient: k*k matrix products of the shifted (strided) padded input with the output gradient,
-      contracting batch and space, accumulated in float32 (for stride 1, whichever of the two has fewer channels is
-      the one shifted).
+    * input gradient: stride-1 convs of the output gradient with the flipped kernel, materialised in HWIO; for
+      stride s one conv per output phase (sub-kernel ``w[ry::s, rx::s]``), interleaved (no dilation);
+    * weight gradient: the padded input transposed to (channels, H, W, batch) convolved with the output gradient
+      as an image-sized (H, W, batch, out) kernel; for stride s one such conv per input phase. No per-tap copies
+      of the input; accumulated in float32.
 
-    Measured on the 2-core CPU (fwd+bwd, batch 1): 160->32 ch at 32x32 in a 6-step scan 2298 -> 117 ms; outside a
-    scan 1024 ch at 64x64 1974 -> 1321 ms, 128 ch at 256x256 813 -> 461 ms.
+    Measured on the 2-core CPU (input + weight gradient, batch 1, float32) against the previous tap-wise matmul
+    weight gradient: 32 ch at 1024x1024 907 -> 561 ms and 1153 -> 129 MB of XLA temporaries, 64 ch at 512x512
+    645 -> 424 ms, 512 ch at 64x64 237 -> 213 ms, 160->32 ch at 32x32 4.3 -> 1.9 ms; the ffhq x16 train step's
+    temporaries 12.6 -> 7.5 GB (autodiff's: 7.5 GB).
     """
     return _conv_raw(x, w, stride, pad_h, pad_w, precision)
 
@@ -109,31 +115,97 @@ def _conv_input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...], s: in
 
 def _conv_bwd(stride, pad_h, pad_w, precision, res, g):
     x, w = res
-    kh, kw, cin, cout = w.shape
+    kh, kw = w.shape[:2]
     if not (0 <= pad_h < kh and 0 <= pad_w < kw):
         raise ValueError(f"conv: padding ({pad_h}, {pad_w}) outside [0, kernel size {kh}x{kw})")
-    g = g.astype(x.dtype)
+    # Chosen when lowering: GPU and TPU compilers have their own conv-backward kernels (cuDNN's backward-data and
+    # backward-filter, the TPU conv emitter) for autodiff's transposed convs.
+    return lax.platform_dependent(x, w, g.astype(x.dtype),
+                                  cpu=functools.partial(conv_backward_cpu, stride=stride, pad_h=pad_h, pad_w=pad_w,
+                                                        precision=precision),
+                                  default=functools.partial(conv_backward_native, stride=stride, pad_h=pad_h,
+                                                            pad_w=pad_w, precision=precision))
+
+
+def conv_backward_cpu(x: jax.Array, w: jax.Array, g: jax.Array, *, stride: int, pad_h: int, pad_w: int,
+                      precision=None) -> tuple[jax.Array, jax.Array]:
+    """(dx, dw) of :func:`conv` for output gradient ``g`` as canonical-layout forward convs (the CPU backward)."""
+    kh, kw = w.shape[:2]
     dx = _conv_input_grad(g, w, x.shape, stride, pad_h, pad_w, precision)
-    n, ho, wo, _ = g.shape
-    s = stride
-    xp = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+    return dx, _conv_weight_grad(x, g, kh, kw, stride, pad_h, pad_w, precision).astype(w.dtype)
 
-    def dot0(a: jax.Array, b: jax.Array) -> jax.Array:  # a^T b, contracting the rows (batch x space)
-        return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=precision,
-                               preferred_element_type=jnp.float32)
 
-    # Tap (a, b) pairs xp[s h + a, s w + b] with g[h, w]. For stride 1 shift whichever has fewer channels (the
-    # copies dominate when the contraction is long): slice the padded input, or zero-pad g to the input's size.
-    if s == 1 and cout < cin:
-        xf = xp.reshape(-1, cin)
-        taps = [dot0(xf, jnp.pad(g, ((0, 0), (a, kh - 1 - a), (b, kw - 1 - b), (0, 0))).reshape(-1, cout))
-                for a in range(kh) for b in range(kw)]
-    else:
-        g2 = g.reshape(n * ho * wo, cout)
-        taps = [dot0(xp[:, a:a + s * (ho - 1) + 1:s, b:b + s * (wo - 1) + 1:s, :].reshape(n * ho * wo, cin), g2)
-                for a in range(kh) for b in range(kw)]
-    dw = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(w.dtype)
+def conv_backward_native(x: jax.Array, w: jax.Array, g: jax.Array, *, stride: int, pad_h: int, pad_w: int,
+                         precision=None) -> tuple[jax.Array, jax.Array]:
+    """(dx, dw) of :func:`conv` as autodiff's transposed convs (the backward on GPU/TPU)."""
+    (dx,) = jax.linear_transpose(lambda x_: _conv_raw(x_, w, stride, pad_h, pad_w, precision), x)(g)
+    (dw,) = jax.linear_transpose(lambda w_: _conv_raw(x, w_, stride, pad_h, pad_w, precision), w)(g)
     return dx, dw
+
+
+def _conv_weight_grad_canonical(x: jax.Array, g: jax.Array, kh: int, kw: int, s: int, pad_h: int, pad_w: int,
+                                precision) -> jax.Array:
+    """``dw[a, b, ci, co] = sum_{n,h,w} xp[n, s h + a, s w + b, ci] g[n, h, w, co]`` (``xp`` the padded input).
+
+    Computed as forward convs in XLA's canonical layout -- the input's channels as the batch, its batch as the
+    features, ``g`` as an image-sized kernel -- which XLA:CPU runs on its fast conv path without copying the input
+    once per tap. For stride s, one stride-1 conv per input phase ``xp[s u + ry, s v + rx]`` gives the taps
+    ``(ry + s j, rx + s i)``. Accumulated in float32."""
+    ho, wo = g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+    rhs = g.transpose(1, 2, 0, 3)                            # (ho, wo, n, co): the kernel
+
+    def corr(lhs: jax.Array) -> jax.Array:                   # (n, rows, cols, ci) -> (ci, rows-ho+1, cols-wo+1, co)
+        return lax.conv_general_dilated(lhs.transpose(3, 1, 2, 0), rhs, (1, 1), "VALID",
+                                        dimension_numbers=DIMENSION_NUMBERS, precision=precision,
+                                        preferred_element_type=jnp.float32)
+
+    if s == 1:
+        return corr(xp).transpose(1, 2, 0, 3)                # (ci, a, b, co) -> (a, b, ci, co)
+    phase = {(ry, rx): corr(xp[:, ry::s, rx::s][:, :ho + (kh - ry - 1) // s, :wo + (kw - rx - 1) // s])
+             for ry in range(min(s, kh)) for rx in range(min(s, kw))}
+    return jnp.stack([jnp.stack([phase[a % s, b % s][:, a // s, b // s] for b in range(kw)]) for a in range(kh)])
+
+
+@functools.cache
+def _weight_grad_fn(kh: int, kw: int, s: int, pad_h: int, pad_w: int, precision) -> Callable:
+    """The weight gradient ``(x, g) -> dw`` for one conv geometry: the canonical-layout convs, except under ``vmap``.
+
+    Mapped (one weight gradient per slice), those convs would batch into a grouped conv whose group axis is the
+    batch, and XLA's SPMD partitioner gets a grouped conv with that axis sharded wrong on CPU (jaxlib 0.10: wrong
+    values, no error). The mapped case takes k*k matrix products of shifted input copies, which batch into plain
+    batched dot products."""
+    static = (kh, kw, s, pad_h, pad_w, precision)
+
+    @jax.custom_batching.custom_vmap
+    def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+        return _conv_weight_grad_canonical(x, g, *static)
+
+    @weight_grad.def_vmap
+    def _mapped(axis_size: int, in_batched: list, x: jax.Array, g: jax.Array):
+        x, g = (v if b else jnp.broadcast_to(v, (axis_size,) + v.shape)
+                for v, b in zip((x, g), in_batched, strict=True))
+        return jax.vmap(lambda x, g: _conv_weight_grad_taps(x, g, *static))(x, g), True
+
+    return weight_grad
+
+
+def _conv_weight_grad_taps(x: jax.Array, g: jax.Array, kh: int, kw: int, s: int, pad_h: int, pad_w: int,
+                           precision) -> jax.Array:
+    """The same weight gradient as k*k matrix products of the shifted (strided) padded input with ``g``."""
+    n, ho, wo, cout = g.shape
+    cin = x.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+    g2 = g.reshape(n * ho * wo, cout)
+    taps = [lax.dot_general(xp[:, a:a + s * (ho - 1) + 1:s, b:b + s * (wo - 1) + 1:s, :].reshape(n * ho * wo, cin),
+                            g2, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
+            for a in range(kh) for b in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+
+def _conv_weight_grad(x: jax.Array, g: jax.Array, kh: int, kw: int, s: int, pad_h: int, pad_w: int,
+                      precision) -> jax.Array:
+    return _weight_grad_fn(kh, kw, s, pad_h, pad_w, precision)(x, g)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -259,8 +331,17 @@ def blur_down_pad(kernel_size: int, blur_kernel: Sequence[float] = BLUR_KERNEL) 
     return (p + 1) // 2, p // 2
 
 
-def minibatch_stddev(x: jax.Array, group_size: int = 4, eps: float = 1e-8) -> jax.Array:
-    """mmagic ``ModMBStddevLayer`` (channel_groups = 1) on NHWC: appends one channel of group-wise std."""
+def minibatch_stddev(x: jax.Array, group_size: int = 4, eps: float = 1e-8, shards: int = 1) -> jax.Array:
+    """mmagic ``ModMBStddevLayer`` (channel_groups = 1) on NHWC: appends one channel of group-wise std.
+
+    ``shards`` > 1: the batch is ``shards`` consecutive equal parts, each grouped on its own (as mmagic's per-GPU
+    discriminator under DDP sees only its part)."""
+    if shards > 1:
+        if x.shape[0] % shards:
+            raise ValueError(f"minibatch stddev: batch {x.shape[0]} does not split into {shards} equal shards")
+        parts = x.reshape((shards, x.shape[0] // shards) + x.shape[1:])
+        out = jax.vmap(lambda p: minibatch_stddev(p, group_size, eps))(parts)
+        return out.reshape((x.shape[0],) + out.shape[2:])
     n, h, w, c = x.shape
     g = min(n, group_size)
     if n % g:

@@ -314,7 +314,9 @@ class StyleGAN2Discriminator(nn.Module):
     """mmagic ``StyleGAN2Discriminator`` (unconditional): RGB (N, in, in, 3) -> logits (N, 1) float32.
 
     The minibatch-stddev layer groups the batch in groups of ``mbstd_group_size`` (batch <= 4 or a multiple of 4),
-    over the batch it is given: under data parallelism call it per device (see the training step).
+    within each of ``mbstd_shards`` consecutive equal parts of the batch (the call argument; 1 = the whole batch):
+    mmagic's discriminator runs per GPU, so its groups never cross GPUs (see the training step). Every other layer
+    is per sample.
     """
 
     in_size: int
@@ -324,7 +326,7 @@ class StyleGAN2Discriminator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mbstd_shards: int = 1) -> jax.Array:
         log_size = check_size(self.in_size, "in_size")
         if x.shape[1:3] != (self.in_size, self.in_size):
             raise ValueError(f"discriminator expects {self.in_size}x{self.in_size} input, got {x.shape[1:3]}")
@@ -333,7 +335,7 @@ class StyleGAN2Discriminator(nn.Module):
         x = ConvDownLayer(ch[self.in_size], 1, name="convs_0", **kw)(x)
         for n, i in enumerate(range(log_size, 2, -1), start=1):
             x = ResBlock(ch[2 ** (i - 1)], name=f"convs_{n}", **kw)(x)
-        x = ops.minibatch_stddev(x, self.mbstd_group_size)
+        x = ops.minibatch_stddev(x, self.mbstd_group_size, shards=mbstd_shards)
         x = ConvDownLayer(ch[4], 3, name="final_conv", **kw)(x)
         x = ops.nchw_flatten(x.astype(jnp.float32))
         x = EqualLinear(ch[4], activate=True, name="final_linear_0")(x)

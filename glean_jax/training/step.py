@@ -15,8 +15,8 @@ Data parallelism is XLA SPMD over a ``jax.sharding.Mesh`` with Auto axes ('data'
 'data', parameters are replicated except those with at least ``mesh.shard_min_size`` elements whose last dimension
 divides by the 'model' axis size, which are sharded on it. The global-batch means equal mmagic's DDP gradient
 average. mmagic's discriminator runs per GPU, so its minibatch-stddev groups never cross GPUs: with
-``model.mbstd_per_shard`` the batch is reshaped to ``(mbstd_shards, batch / mbstd_shards, ...)`` and D is vmapped over
-the first axis, which makes the result independent of our device count.
+``model.mbstd_per_shard`` D's minibatch-stddev groups are formed within each of ``mbstd_shards`` consecutive equal
+parts of the batch (every other layer of D is per sample), which makes the result independent of our device count.
 
 A step whose loss or gradients are not finite is skipped (params and optimizer state unchanged) and counted in
 ``bad_steps`` (consecutive). With ``precision='float16'`` each network has a flax ``DynamicScale``: an overflowing
@@ -159,11 +159,7 @@ def make_d_apply(d: nn.Module, cfg: ConfigDict) -> Callable[[Any, jax.Array], ja
     shards = cfg.model.mbstd_shards if cfg.model.mbstd_per_shard else 1
 
     def apply(params: Any, x: jax.Array) -> jax.Array:
-        if shards == 1:
-            return d.apply({"params": params}, x)
-        xs = x.reshape((shards, x.shape[0] // shards) + x.shape[1:])
-        out = jax.vmap(lambda xi: d.apply({"params": params}, xi))(xs)
-        return out.reshape((x.shape[0],) + out.shape[2:])
+        return d.apply({"params": params}, x, mbstd_shards=shards)
 
     return apply
 
