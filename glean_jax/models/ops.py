@@ -120,11 +120,9 @@ def _conv_bwd(stride, pad_h, pad_w, precision, res, g):
         raise ValueError(f"conv: padding ({pad_h}, {pad_w}) outside [0, kernel size {kh}x{kw})")
     # Chosen when lowering: GPU and TPU compilers have their own conv-backward kernels (cuDNN's backward-data and
     # backward-filter, the TPU conv emitter) for autodiff's transposed convs.
-    return lax.platform_dependent(x, w, g.astype(x.dtype),
-                                  cpu=functools.partial(conv_backward_cpu, stride=stride, pad_h=pad_h, pad_w=pad_w,
-                                                        precision=precision),
-                                  default=functools.partial(conv_backward_native, stride=stride, pad_h=pad_h,
-                                                            pad_w=pad_w, precision=precision))
+    geometry = dict(stride=stride, pad_h=pad_h, pad_w=pad_w, precision=precision)
+    return lax.platform_dependent(x, w, g.astype(x.dtype), cpu=functools.partial(conv_backward_cpu, **geometry),
+                                  default=functools.partial(conv_backward_native, **geometry))
 
 
 def conv_backward_cpu(x: jax.Array, w: jax.Array, g: jax.Array, *, stride: int, pad_h: int, pad_w: int,
@@ -132,7 +130,7 @@ def conv_backward_cpu(x: jax.Array, w: jax.Array, g: jax.Array, *, stride: int, 
     """(dx, dw) of :func:`conv` for output gradient ``g`` as canonical-layout forward convs (the CPU backward)."""
     kh, kw = w.shape[:2]
     dx = _conv_input_grad(g, w, x.shape, stride, pad_h, pad_w, precision)
-    return dx, _conv_weight_grad(x, g, kh, kw, stride, pad_h, pad_w, precision).astype(w.dtype)
+    return dx, _weight_grad_fn(kh, kw, stride, pad_h, pad_w, precision)(x, g).astype(w.dtype)
 
 
 def conv_backward_native(x: jax.Array, w: jax.Array, g: jax.Array, *, stride: int, pad_h: int, pad_w: int,
@@ -201,11 +199,6 @@ def _conv_weight_grad_taps(x: jax.Array, g: jax.Array, kh: int, kw: int, s: int,
                             g2, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
             for a in range(kh) for b in range(kw)]
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
-
-
-def _conv_weight_grad(x: jax.Array, g: jax.Array, kh: int, kw: int, s: int, pad_h: int, pad_w: int,
-                      precision) -> jax.Array:
-    return _weight_grad_fn(kh, kw, s, pad_h, pad_w, precision)(x, g)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)

@@ -36,7 +36,7 @@ def base_config() -> ConfigDict:
     c.model.remat = False             # rematerialise RRDB blocks (less memory, more compute)
     # mmagic trains with DDP: each GPU's discriminator sees only its local batch, so the minibatch-stddev groups are
     # formed within it. With mbstd_per_shard the global batch is split into `mbstd_shards` equal parts (mmagic's GPU
-    # count) and D is vmapped over them, whatever our device count is.
+    # count) and D's minibatch-stddev groups are formed within each part, whatever our device count is.
     c.model.mbstd_per_shard = True
     c.model.mbstd_shards = 2
     c.model.mbstd_group_size = 4
