@@ -6,7 +6,8 @@ Not timed. The jaxprs are traced on abstract shapes (nothing is computed for the
   phase decomposition (no lhs-dilated / transposed conv in the forward).
 * ``ops.conv``'s hand-written backward: every conv of the gradient is a canonical-layout forward conv (no lhs- or
   kernel-dilated, grouped or transposed-layout conv, which XLA:CPU runs through its slow generic emitter); the weight
-  gradient keeps no per-tap copies of the input (XLA's memory accounting); exact against autodiff.
+  gradient keeps no per-tap copies of the input (XLA's memory accounting); exact against autodiff. A conv with few
+  output channels runs as matrix products on CPU, forward and backward.
 * Exactness against mmagic's grouped per-sample-weight formulation (forward and up-conv).
 * The RRDB trunk is one ``lax.scan`` over the blocks' stacked parameters (compile time), equal to the unrolled loop.
 
@@ -192,6 +193,55 @@ def test_conv_gradient_under_vmap_on_a_sharded_mesh():
                                                 jax.device_put(w, NamedSharding(mesh, P(None, None, None, "model"))))
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-4, err_msg=str((k, st, p)))
+
+
+def test_narrow_conv_is_matrix_products_on_cpu_and_exact():
+    """A conv with few output channels (GLEAN's last one, 64 -> 3) runs on CPU as matrix products, forward and
+    backward -- no conv in its CPU lowering, the plain conv in its CUDA one -- with the values of autodiff of
+    ``lax.conv_general_dilated`` (kernels 3 and 5, paddings 0 to k-1, odd sizes, and under a sharded vmap)."""
+    assert ops.is_narrow((3, 3, 64, 3), 1)
+    assert not ops.is_narrow((3, 3, 160, 32), 1) and not ops.is_narrow((3, 3, 64, 3), 2)
+    assert not ops.is_narrow((1, 1, 64, 3), 1)
+    rng = np.random.default_rng(5)
+    for h, w_, ci, co, k, p in ((7, 5, 20, 2, 3, 1), (9, 8, 30, 1, 5, 2), (8, 7, 12, 1, 3, 0), (6, 9, 10, 1, 3, 2),
+                                (10, 10, 64, 3, 3, 1)):
+        assert ops.is_narrow((k, k, ci, co), 1)
+        x = jnp.asarray(rng.standard_normal((2, h, w_, ci)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, ci, co)) / np.sqrt(k * k * ci), jnp.float32)
+
+        def ref_conv(x, w, p=p):
+            return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=ops.DIMENSION_NUMBERS)
+
+        ours = jax.jit(lambda x, w, p=p: ops.conv2d(x, w, 1, p))
+        np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(ref_conv(x, w)), rtol=0, atol=2e-6)
+        got = jax.jit(jax.grad(lambda x, w, f=ours: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
+        want = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref_conv(x, w))), (0, 1))(x, w)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5, err_msg=str((h, k, p)))
+    x = jax.ShapeDtypeStruct((2, 16, 16, 64), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, 64, 3), jnp.float32)
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(ops.conv2d(x, w, 1, 1) ** 2), argnums=(0, 1)))
+    assert "stablehlo.convolution" not in grad.trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+    assert "stablehlo.convolution" in jax.export.export(grad, platforms=["cuda"])(x, w).mlir_module()
+    cpu, _ = _glean_grad_lowered()
+    assert [3, 3, 64, 3] not in [c["kernel"] for c in _hlo_convs(cpu)]      # GLEAN's last conv takes this path
+
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    xs = rng.standard_normal((8, 6, 6, 20)).astype(np.float32)
+    ws = (rng.standard_normal((3, 3, 20, 2)) / np.sqrt(180)).astype(np.float32)
+
+    def loss(x, w, conv):
+        return jnp.sum(jnp.sin(jax.vmap(lambda xi: conv(xi, w))(x.reshape((2, 4) + x.shape[1:]))))
+
+    want = jax.jit(jax.grad(functools.partial(loss, conv=lambda x, w: lax.conv_general_dilated(
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=ops.DIMENSION_NUMBERS)), (0, 1)))(xs, ws)
+    got = jax.jit(jax.grad(functools.partial(loss, conv=lambda x, w: ops.conv2d(x, w, 1, 1)), (0, 1)))(
+        jax.device_put(xs, NamedSharding(mesh, P("data"))), jax.device_put(ws, NamedSharding(mesh, P())))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5)
 
 
 def _grouped_modconv(x, w, s, upsample):
