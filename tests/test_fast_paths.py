@@ -198,14 +198,16 @@ def test_conv_gradient_under_vmap_on_a_sharded_mesh():
 def test_narrow_conv_is_matrix_products_on_cpu_and_exact():
     """A conv with few output channels (GLEAN's last one, 64 -> 3) runs on CPU as matrix products, forward and
     backward -- no conv in its CPU lowering, the plain conv in its CUDA one -- with the values of autodiff of
-    ``lax.conv_general_dilated`` (kernels 3 and 5, paddings 0 to k-1, odd sizes, and under a sharded vmap)."""
+    ``lax.conv_general_dilated`` (kernels 3 and 5, paddings 0 to k-1, odd sizes, and under a sharded vmap). The
+    input gradient of a conv with few input channels (VGG16's first) takes the same path."""
     assert ops.is_narrow((3, 3, 64, 3), 1)
     assert not ops.is_narrow((3, 3, 160, 32), 1) and not ops.is_narrow((3, 3, 64, 3), 2)
     assert not ops.is_narrow((1, 1, 64, 3), 1)
     rng = np.random.default_rng(5)
+    # forward narrow, then input gradient narrow (few input channels: the gradient is a conv back to them)
     for h, w_, ci, co, k, p in ((7, 5, 20, 2, 3, 1), (9, 8, 30, 1, 5, 2), (8, 7, 12, 1, 3, 0), (6, 9, 10, 1, 3, 2),
-                                (10, 10, 64, 3, 3, 1)):
-        assert ops.is_narrow((k, k, ci, co), 1)
+                                (10, 10, 64, 3, 3, 1), (7, 6, 2, 20, 3, 1), (9, 8, 1, 30, 5, 2), (8, 7, 1, 12, 3, 0)):
+        assert ops.is_narrow((k, k, ci, co), 1) != ops.is_narrow((k, k, co, ci), 1)
         x = jnp.asarray(rng.standard_normal((2, h, w_, ci)), jnp.float32)
         w = jnp.asarray(rng.standard_normal((k, k, ci, co)) / np.sqrt(k * k * ci), jnp.float32)
 
@@ -225,6 +227,11 @@ def test_narrow_conv_is_matrix_products_on_cpu_and_exact():
     assert "stablehlo.convolution" in jax.export.export(grad, platforms=["cuda"])(x, w).mlir_module()
     cpu, _ = _glean_grad_lowered()
     assert [3, 3, 64, 3] not in [c["kernel"] for c in _hlo_convs(cpu)]      # GLEAN's last conv takes this path
+    w3 = jnp.zeros((3, 3, 3, 64), jnp.float32)                                # 3 -> 64 ch, as VGG16's first conv
+    dx = jax.jit(jax.grad(lambda x: jnp.sum(ops.conv2d(x, w3, 1, 1) ** 2)))
+    convs = _hlo_convs(dx.trace(jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32))
+                       .lower(lowering_platforms=("cpu",)).as_text())
+    assert [c["kernel"] for c in convs] == [[3, 3, 3, 64]]                    # the forward only; dx: products
 
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P

@@ -61,7 +61,8 @@ def is_narrow(w_shape: Sequence[int], stride: int) -> bool:
     """A stride-1 conv whose k*k*out columns fit in its input's channels (GLEAN's last conv, 64 -> 3 channels).
 
     XLA:CPU runs such a conv far below its matmul speed (64 -> 3 ch 3x3 at 1024x1024: ~20 GFLOP/s); on CPU it is
-    computed by :func:`narrow_conv` and its backward by :func:`narrow_conv_backward`."""
+    computed by :func:`narrow_conv` and its backward by :func:`narrow_conv_backward`. The input gradient of a conv
+    with few input channels (VGG16's first, 3 -> 64) is such a conv too, and takes the same path."""
     kh, kw, cin, cout = w_shape
     return stride == 1 and kh * kw > 1 and kh * kw * cout <= cin
 
@@ -142,7 +143,10 @@ def _conv_input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...], s: in
     kh, kw, cin, _ = w.shape
     w_oi = w.transpose(0, 1, 3, 2)                           # HW(out)(in): convs of g with it give dx
     if s == 1:
-        return _conv_raw(g, jnp.flip(w_oi, (0, 1)), 1, kh - 1 - pad_h, kw - 1 - pad_w, precision)
+        w_flip = jnp.flip(w_oi, (0, 1))
+        if is_narrow(w_flip.shape, 1):                       # e.g. VGG16's first conv (3 -> 64 ch): dx has 3
+            return narrow_conv(g, w_flip, kh - 1 - pad_h, kw - 1 - pad_w, precision)
+        return _conv_raw(g, w_flip, 1, kh - 1 - pad_h, kw - 1 - pad_w, precision)
     n, h, wd, _ = x_shape
     ho, wo = g.shape[1:3]
     hp, wp = h + 2 * pad_h, wd + 2 * pad_w
