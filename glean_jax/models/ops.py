@@ -99,10 +99,17 @@ def narrow_conv_backward(x: jax.Array, w: jax.Array, g: jax.Array, pad_h: int, p
     return dx, dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(w.dtype)
 
 
+def _conv_cpu(x: jax.Array, w: jax.Array, stride: int, pad_h: int, pad_w: int, precision) -> jax.Array:
+    """A forward conv as XLA:CPU runs it fastest: a narrow one as matrix products, any other as it is."""
+    if is_narrow(w.shape, stride):
+        return narrow_conv(x, w, pad_h, pad_w, precision)
+    return _conv_raw(x, w, stride, pad_h, pad_w, precision)
+
+
 def _conv_forward(x: jax.Array, w: jax.Array, stride: int, pad_h: int, pad_w: int, precision) -> jax.Array:
     if not is_narrow(w.shape, stride):
         return _conv_raw(x, w, stride, pad_h, pad_w, precision)
-    return lax.platform_dependent(x, w, cpu=lambda x, w: narrow_conv(x, w, pad_h, pad_w, precision),
+    return lax.platform_dependent(x, w, cpu=lambda x, w: _conv_cpu(x, w, stride, pad_h, pad_w, precision),
                                   default=lambda x, w: _conv_raw(x, w, stride, pad_h, pad_w, precision))
 
 
@@ -142,11 +149,8 @@ def _conv_input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...], s: in
                      precision) -> jax.Array:
     kh, kw, cin, _ = w.shape
     w_oi = w.transpose(0, 1, 3, 2)                           # HW(out)(in): convs of g with it give dx
-    if s == 1:
-        w_flip = jnp.flip(w_oi, (0, 1))
-        if is_narrow(w_flip.shape, 1):                       # e.g. VGG16's first conv (3 -> 64 ch): dx has 3
-            return narrow_conv(g, w_flip, kh - 1 - pad_h, kw - 1 - pad_w, precision)
-        return _conv_raw(g, w_flip, 1, kh - 1 - pad_h, kw - 1 - pad_w, precision)
+    if s == 1:   # narrow when x has few channels (VGG16's first conv, 3 -> 64: dx has 3)
+        return _conv_cpu(g, jnp.flip(w_oi, (0, 1)), 1, kh - 1 - pad_h, kw - 1 - pad_w, precision)
     n, h, wd, _ = x_shape
     ho, wo = g.shape[1:3]
     hp, wp = h + 2 * pad_h, wd + 2 * pad_w
@@ -163,7 +167,7 @@ def _conv_input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...], s: in
                 continue
             sub = jnp.flip(w_oi[ry::s, rx::s], (0, 1))
             gp = jnp.pad(g, ((0, 0), (jy - 1, uy - ho), (jx - 1, ux - wo), (0, 0)))
-            row.append(_conv_raw(gp, sub, 1, 0, 0, precision))
+            row.append(_conv_cpu(gp, sub, 1, 0, 0, precision))
         phases.append(jnp.stack(row, axis=3))                # (n, uy, ux, s, cin)
     dxp = jnp.stack(phases, axis=2).reshape(n, uy * s, ux * s, cin)
     return dxp[:, pad_h:pad_h + h, pad_w:pad_w + wd]
