@@ -204,6 +204,7 @@ def test_narrow_conv_is_matrix_products_on_cpu_and_exact():
     assert ops.is_narrow((3, 3, 64, 3), 1)
     assert not ops.is_narrow((3, 3, 160, 32), 1) and not ops.is_narrow((3, 3, 64, 3), 2)
     assert not ops.is_narrow((1, 1, 64, 3), 1)
+    assert not ops.is_narrow((2, 1, 64, 32), 1)     # an up-conv phase: XLA's conv is faster (benchmarks/README.md)
     rng = np.random.default_rng(5)
     # forward narrow, then input gradient narrow (few input channels: the gradient is a conv back to them)
     for h, w_, ci, co, k, p in ((7, 5, 20, 2, 3, 1), (9, 8, 30, 1, 5, 2), (8, 7, 12, 1, 3, 0), (6, 9, 10, 1, 3, 2),

@@ -57,14 +57,21 @@ def _conv_raw(x: jax.Array, w: jax.Array, stride: int, pad_h: int, pad_w: int, p
                                     dimension_numbers=DIMENSION_NUMBERS, precision=precision)
 
 
+NARROW_MAX_OUT = 16
+
+
 def is_narrow(w_shape: Sequence[int], stride: int) -> bool:
-    """A stride-1 conv whose k*k*out columns fit in its input's channels (GLEAN's last conv, 64 -> 3 channels).
+    """A stride-1 conv with few output channels (<= ``NARROW_MAX_OUT``) whose k*k*out columns fit in its input's
+    channels (GLEAN's last conv, 64 -> 3 channels).
 
     XLA:CPU runs such a conv far below its matmul speed (64 -> 3 ch 3x3 at 1024x1024: ~20 GFLOP/s); on CPU it is
     computed by :func:`narrow_conv` and its backward by :func:`narrow_conv_backward`. The input gradient of a conv
-    with few input channels (VGG16's first, 3 -> 64) is such a conv too, and takes the same path."""
+    with few input channels (VGG16's first, 3 -> 64) is such a conv too, and takes the same path. Measured (2-core
+    CPU, batch 1, plain -> products): 3x3 64 -> 3 ch at 256^2 11.6 -> 2.1 ms, 128 -> 8 ch 25.4 -> 8.9 ms, 256 -> 16 ch
+    at 128^2 11.8 -> 6.6 ms; but with 32 or more output channels XLA's conv is efficient and the products lose: the
+    up-conv's 2x1 phase 64 -> 32 ch at 513x512 23.9 -> 42.2 ms, 256 -> 128 ch at 257x256 54.1 -> 64.1 ms."""
     kh, kw, cin, cout = w_shape
-    return stride == 1 and kh * kw > 1 and kh * kw * cout <= cin
+    return stride == 1 and kh * kw > 1 and cout <= NARROW_MAX_OUT and kh * kw * cout <= cin
 
 
 def narrow_conv(x: jax.Array, w: jax.Array, pad_h: int, pad_w: int, precision=None) -> jax.Array:
