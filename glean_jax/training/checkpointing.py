@@ -34,8 +34,12 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | os.PathLike, keep: int, async_save: bool = True) -> None:
         self.directory = (Path(workdir) / "checkpoints").resolve()
-        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-                                            cleanup_tmp_directories=True)
+        # The temporary folders are made before the save returns: made asynchronously (orbax's default), a
+        # non-primary process could write its data-iterator file before the primary had made the folder (seen with
+        # two processes at the second save: "No such file or directory ... process_1-of-2.json").
+        opts = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         self.manager = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "data", "meta"))
         self._submitted: list[int] = []
         self._failed = False

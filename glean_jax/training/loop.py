@@ -173,15 +173,25 @@ def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, 
 
 # ------------------------------------------------------------------------------------------------------ the run
 class _StopSignal:
-    """SIGTERM/SIGINT -> finish the current step, save a checkpoint, exit cleanly."""
+    """SIGTERM/SIGINT -> finish the current step, save a checkpoint, exit cleanly.
+
+    One process: a Python handler sets a flag that the loop reads after each step. Several processes: a signal
+    reaching any one of them must stop all of them at the same step, or the others would wait forever in the next
+    collective (a step or the checkpoint save). JAX's preemption service (started by ``jax.distributed.initialize``)
+    catches SIGTERM itself and agrees on a step with every process through the coordinator;
+    ``multihost_utils.reached_preemption_sync_point(step)``, called by every process after every step, is True on
+    all of them at that same step. So with several processes SIGTERM is left to that service, and SIGINT (Ctrl-C on
+    one host) is turned into a SIGTERM for it.
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._old: dict[int, Any] = {}
+        self.multiprocess = jax.process_count() > 1
 
     def __enter__(self) -> _StopSignal:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGINT,) if self.multiprocess else (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -189,10 +199,67 @@ class _StopSignal:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt   # a second Ctrl-C stops at once
         self.received = signum
+        if self.multiprocess:
+            signal.raise_signal(signal.SIGTERM)   # to JAX's preemption service, which tells every process
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to checkpoint and stop after ``step`` (the same answer on every process)."""
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.received = self.received or signal.SIGTERM
+                return True
+            return False
+        return self.received is not None
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def no_host_pulls() -> Any:
+    """The context of the steady-state part of the loop (dispatching a step, putting the next batch on the
+    devices): device-to-host transfers are disallowed, so no value can be pulled to the host between two sync
+    points (log, eval, checkpoint, stop). XLA:CPU does not enforce transfer guards (its arrays live on the host);
+    ``tests/test_train_async.py`` checks the same region there by intercepting every host conversion."""
+    return jax.transfer_guard_device_to_host("disallow")
+
+
+class MetricWindow:
+    """Per-step metrics left on the devices until a sync point, then fetched together; with the wall time of the
+    steps they cover (the clock restarts after eval/checkpoint work, so only training steps are timed)."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, jax.Array]] = []
+        self.rows: list[dict[str, float]] = []       # fetched, not yet logged
+        self.seconds, self.steps, self._t0, self._n = 0.0, 0, time.time(), 0
+
+    def add(self, metrics: dict[str, jax.Array], timed: bool = True) -> None:
+        self.pending.append(metrics)
+        self._n += int(timed)
+
+    def restart_clock(self) -> None:
+        self._t0, self._n = time.time(), 0
+
+    def fetch(self) -> list[dict[str, float]]:
+        """Waits for the pending steps and returns their metrics (one dict per step, in order)."""
+        rows = [{k: float(v) for k, v in m.items()} for m in to_host(self.pending)]
+        if self._n:
+            self.seconds += time.time() - self._t0
+            self.steps += self._n
+        self.pending = []
+        self.rows += rows
+        return rows
+
+    def scalars(self, batch_size: int) -> dict[str, float]:
+        """Means of the fetched rows and the throughput since the last call, which starts a new window."""
+        out = {f"train/{k}": float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]} if self.rows else {}
+        if self.steps:
+            out["train/step_time_s"] = self.seconds / self.steps
+            out["train/images_per_s"] = batch_size * self.steps / self.seconds
+        self.rows, self.seconds, self.steps = [], 0.0, 0
+        return out
 
 
 def _grid_rows(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -405,10 +472,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     step = int(to_host(state.step))
     start_step = step
     summary: dict[str, Any] = {"start_step": start_step, "info": info, "eval": {}, "stopped": None}
-    window: dict[str, list[float]] = {}
-    first = True
+    window = MetricWindow()
     flops = None
-    t_window, n_window = 0.0, 0
 
     def save(force: bool = False) -> None:
         meta = {"step": step, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
@@ -417,6 +482,31 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
 
     def source(kind: str) -> dict:
         return {"trained_by": "glean_jax.train", "step": step, "export": kind, "pretrained": info}
+
+    def check_bad_steps(rows: list[dict[str, float]]) -> None:
+        for i, m in enumerate(rows):
+            if m["bad_steps"] >= config.max_bad_steps:
+                ckpts.wait()
+                raise UserError(f"training stopped at step {step - len(rows) + 1 + i}: {int(m['bad_steps'])} "
+                                f"non-finite steps in a row (loss_g={m['loss_g']:.4g}, loss_d={m['loss_d']:.4g}); "
+                                f"the last good checkpoint is kept in {ckpts.directory}; expected finite losses "
+                                "(lower optim.lr, check the data, or use precision='float32')")
+
+    def log_scalars() -> None:
+        scalars = window.scalars(config.batch_size)
+        if flops and "train/step_time_s" in scalars:
+            tflops = flops / scalars["train/step_time_s"] / 1e12 / jax.device_count()
+            scalars["train/tflops_per_device"] = tflops
+            if config.peak_tflops_per_device:
+                scalars["train/mfu"] = tflops / config.peak_tflops_per_device
+        summary["throughput"] = {k: scalars[k] for k in scalars if "time" in k or "per" in k}
+        if pbar is not None:
+            pbar.set_postfix(loss_g=f"{scalars['train/loss_g']:.4f}", loss_d=f"{scalars['train/loss_d']:.4f}",
+                             img_s=f"{scalars.get('train/images_per_s', 0.0):.2f}")
+        if writer is not None:
+            for k, v in scalars.items():
+                writer.add_scalar(k, v, step)
+            writer.flush()
 
     pbar = None
     if progress and is_main:
@@ -433,73 +523,62 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
                     if writer is not None:
                         for k, v in res.items():
                             writer.add_scalar(f"eval/{k}", v, 0)
+            batch = to_global_batch(next(data_iter), mesh) if step < config.total_steps else None
+            first = True
             while step < config.total_steps:
-                batch = to_global_batch(next(data_iter), mesh)
                 if first:
                     flops = _compiled_flops(train_step.lower(state, frozen, batch))
-                ts = time.time()
-                state, m = train_step(state, frozen, batch)
-                m = jax.device_get(m)
-                dt = time.time() - ts
-                if first:   # includes the compilation: not counted in the throughput
-                    log.info("first step (with compilation) took %.1f s; %.3g FLOP per step", dt, flops or 0)
-                    first, dt = False, None
+                    ts = time.time()
+                # Steady state: dispatch the step; the devices run it while the host goes on (no value is read).
+                with no_host_pulls():
+                    state, m = train_step(state, frozen, batch)
                 step += 1
-                if dt is not None:
-                    t_window += dt
-                    n_window += 1
-                for k, v in m.items():
-                    window.setdefault(k, []).append(float(v))
-                summary["last"] = {k: float(v) for k, v in m.items()}
-                if int(m["bad_steps"]) >= config.max_bad_steps:
-                    ckpts.wait()
-                    raise UserError(f"training stopped at step {step}: {int(m['bad_steps'])} non-finite steps in a "
-                                    f"row (loss_g={float(m['loss_g']):.4g}, loss_d={float(m['loss_d']):.4g}); the "
-                                    f"last good checkpoint is kept in {ckpts.directory}; expected finite losses "
-                                    "(lower optim.lr, check the data, or use precision='float32')")
+                window.add(m, timed=not first)
                 if pbar is not None:
                     pbar.update(1)
-                    pbar.set_postfix(loss_g=f"{m['loss_g']:.4f}", loss_d=f"{m['loss_d']:.4f}",
-                                     img_s=f"{config.batch_size / max(dt or math.inf, 1e-9):.2f}")
-                if step % config.log_every == 0 or step == config.total_steps:
-                    scalars = {f"train/{k}": float(np.mean(v)) for k, v in window.items()}
-                    if n_window:
-                        scalars["train/step_time_s"] = t_window / n_window
-                        scalars["train/images_per_s"] = config.batch_size * n_window / t_window
-                    if flops and n_window:
-                        tflops = flops / (t_window / n_window) / 1e12 / jax.device_count()
-                        scalars["train/tflops_per_device"] = tflops
-                        if config.peak_tflops_per_device:
-                            scalars["train/mfu"] = tflops / config.peak_tflops_per_device
-                    summary["throughput"] = {k: scalars[k] for k in scalars if "time" in k or "per" in k}
-                    if writer is not None:
-                        for k, v in scalars.items():
-                            writer.add_scalar(k, v, step)
-                        writer.flush()
-                    window, t_window, n_window = {}, 0.0, 0
+                if first:   # its time includes the compilation: not counted in the throughput
+                    jax.block_until_ready(m)
+                    log.info("first step (with compilation) took %.1f s; %.3g FLOP per step", time.time() - ts,
+                             flops or 0)
+                    first = False
+                    window.restart_clock()
+                stopping = stop.should_stop(step) or (stop_after is not None and step - start_step >= stop_after)
+                do_log = step % config.log_every == 0 or step == config.total_steps
                 do_eval = step % config.eval_every == 0 or step == config.total_steps
-                if do_eval:
-                    res = evaluator.evaluate(state.g_params, frozen)
-                    if res:
-                        summary["eval"][step] = res
-                        log.info("step %d eval: %s", step, res)
-                        if writer is not None:
-                            for k, v in res.items():
-                                writer.add_scalar(f"eval/{k}", v, step)
-                            writer.flush()
-                        if res["psnr"] > best_psnr:
-                            best_psnr = res["psnr"]
-                            export_model(workdir / "best_psnr", config, g, state, frozen, source("best_psnr"))
-                if do_eval or step % config.sample_every == 0:
-                    grid = evaluator.grid(state.g_params, frozen)
-                    if grid is not None and is_main:
-                        write_png(workdir / "samples" / f"step_{step:07d}.png", grid)
-                if step % config.checkpoint_every == 0 or step == config.total_steps:
-                    save()
-                if stop.received is not None or (stop_after is not None and step - start_step >= stop_after):
-                    summary["stopped"] = "signal" if stop.received is not None else "stop_after"
-                    save(force=True)
-                    break
+                do_sample = do_eval or step % config.sample_every == 0
+                do_save = step % config.checkpoint_every == 0 or step == config.total_steps or stopping
+                if do_log or do_eval or do_sample or do_save:   # a sync point: read the metrics
+                    rows = window.fetch()
+                    check_bad_steps(rows)
+                    summary["last"] = rows[-1]
+                    if do_log:
+                        log_scalars()
+                    if do_eval:
+                        res = evaluator.evaluate(state.g_params, frozen)
+                        if res:
+                            summary["eval"][step] = res
+                            log.info("step %d eval: %s", step, res)
+                            if writer is not None:
+                                for k, v in res.items():
+                                    writer.add_scalar(f"eval/{k}", v, step)
+                                writer.flush()
+                            if res["psnr"] > best_psnr:
+                                best_psnr = res["psnr"]
+                                export_model(workdir / "best_psnr", config, g, state, frozen, source("best_psnr"))
+                    if do_sample:
+                        grid = evaluator.grid(state.g_params, frozen)
+                        if grid is not None and is_main:
+                            write_png(workdir / "samples" / f"step_{step:07d}.png", grid)
+                    if stopping:
+                        summary["stopped"] = "signal" if stop.received is not None else "stop_after"
+                        save(force=True)
+                        break
+                    if do_save:
+                        save()
+                    window.restart_clock()
+                if step < config.total_steps:   # the next batch goes to the devices while this step runs
+                    with no_host_pulls():
+                        batch = to_global_batch(next(data_iter), mesh)
         if step >= config.total_steps:
             export_model(workdir / "model", config, g, state, frozen, source("final"))
     finally:
