@@ -507,6 +507,36 @@ def pretrained_is_a_file(t):
 
 
 @case("glean_jax.train")
+def pretrained_glean_of_another_geometry(t):
+    return Case(_train(t, f"--config.pretrained.glean={t.m['glean']}"),
+                ["config.pretrained.glean", str(t.m["glean"]), "out_size=8 but the config needs 16", "expected"])
+
+
+@case("glean_jax.train")
+def pretrained_glean_of_another_kind(t):
+    return Case(_train(t, f"--config.pretrained.glean={t.m['sg']}"),
+                ["config.pretrained.glean", str(t.m["sg"]), "kind is 'stylegan2'", "expected 'glean'"])
+
+
+@case("glean_jax.train")
+def pretrained_glean_with_a_discriminator_of_another_size(t):
+    """A GLEAN restorer checkpoint whose generator fits the config (4 -> 8) but whose discriminator is for 16x16."""
+    from convert.mmagic import convert_file
+    from convert.to_mmagic import module_state
+
+    d_arch = {"in_size": 16, "channel_multiplier": 2}
+    d_sd = module_state("stylegan2_discriminator", d_arch, _random_variables("stylegan2_discriminator", d_arch, 2))
+    state = {**{f"generator.{k}": v for k, v in t.m["glean_sd"].items()},
+             **{f"discriminator.{k}": v for k, v in d_sd.items()}}
+    convert_file(_torch_save(t.d / "restorer.pth", state), t.d / "glean_d16")
+    geometry = [f"--config.{g}.{k}={v}" for g in ("model", "data") for k, v in (("in_size", 4), ("out_size", 8))]
+    return Case(_train(t, *geometry, "--config.model.rrdb_channels=8", "--config.model.style_channels=32",
+                       f"--config.pretrained.glean={t.d / 'glean_d16'}"),
+                ["config.pretrained.glean", "glean_d16", "discriminator has in_size=16 but the config needs 8",
+                 "expected"])
+
+
+@case("glean_jax.train")
 def config_file_with_syntax_error(t):
     (t.d / "bad_config.py").write_text("def get_config(:\n")
     return Case(["--config", t.d / "bad_config.py", "--workdir", t.d / "run"], ["--config", "expected"])

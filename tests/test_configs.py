@@ -99,6 +99,8 @@ def _demo():
     (lambda c: c.pretrained.update({"vgg16": "/nonexistent/vgg"}), "config.pretrained.vgg16='/nonexistent/vgg'"),
     (lambda c: c.data.update({"source": "folder", "root": "/nonexistent/data"}), "config.data.root="),
     (lambda c: c.update({"max_bad_steps": 0}), "config.max_bad_steps=0"),
+    (lambda c: (c.data.__delitem__("shuffle"), c.data.__setitem__("shuffle", "no")),   # (typed: re-added)
+     "config.data.shuffle='no': expected True or False"),
     (lambda c: c.mesh.update({"data": 0}), "config.mesh.data=0"),
 ])
 def test_bad_values_rejected(mutate, message):

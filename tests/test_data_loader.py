@@ -122,6 +122,34 @@ def test_two_processes_read_disjoint_shares_covering_the_epoch(n):
     assert shares[0] | shares[1] == set(range(2 * (n // 2)))  # with n = 11, index 10 is left out
 
 
+def test_in_order_without_shuffle_repeats_the_dataset_order():
+    it = build_train_dataset(IndexSource(5), local_batch_size=2, seed=0, flip=False, shuffle=False).__iter__()
+    assert [_ids(b) for b in _take(it, 5)] == [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4]]
+    state = it.get_state()
+    want = _take(it, 2)
+    fresh = build_train_dataset(IndexSource(5), local_batch_size=2, seed=0, flip=False, shuffle=False).__iter__()
+    fresh.set_state(state)
+    assert _same(_take(fresh, 2), want)
+
+
+@pytest.mark.parametrize("n, processes", [(5, 2), (12, 4), (3, 4)])
+def test_in_order_global_batches_do_not_depend_on_the_process_count(n, processes):
+    """shuffle=False: each process holds its consecutive slice of the global batch, so the concatenated local batches
+    (images and their per-(seed, epoch, index) flips) equal the single-process stream; no image is left out, also
+    with fewer images than processes."""
+    steps, batch = 7, 4
+    whole = _take(build_train_dataset(IndexSource(n), local_batch_size=batch, seed=7, flip=True,
+                                       shuffle=False).__iter__(), steps)
+    assert [i for b in whole for i in _ids(b)] == [g % n for g in range(steps * batch)]
+    assert any(not np.array_equal(b["gt"], np.flip(b["gt"], axis=2)) for b in whole)
+    parts = [_take(build_train_dataset(IndexSource(n), local_batch_size=batch // processes, seed=7, flip=True,
+                                       process_index=p, process_count=processes, shuffle=False).__iter__(), steps)
+             for p in range(processes)]
+    for k in range(steps):
+        for key in ("lq", "gt"):
+            np.testing.assert_array_equal(np.concatenate([part[k][key] for part in parts]), whole[k][key])
+
+
 def test_joint_flip_with_probability_one_half():
     it = build_train_dataset(IndexSource(50), local_batch_size=10, seed=4, flip=True).__iter__()
     flips = 0
@@ -224,9 +252,10 @@ def test_eval_dataset_is_the_test_split_in_order(tmp_path):
     assert len(syn) == 3 and syn[0]["gt"].shape == (16, 16, 3)
 
 
-def test_multiprocess_prefetch_gives_the_same_stream():
-    want = _take(make_train_iterator(synthetic_cfg(), global_batch_size=2, seed=8), 4)
-    it = make_train_iterator(synthetic_cfg(num_workers=2), global_batch_size=2, seed=8)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_multiprocess_prefetch_gives_the_same_stream(shuffle):
+    want = _take(make_train_iterator(synthetic_cfg(shuffle=shuffle), global_batch_size=2, seed=8), 4)
+    it = make_train_iterator(synthetic_cfg(num_workers=2, shuffle=shuffle), global_batch_size=2, seed=8)
     try:
         got = _take(it, 2)
         state = it.get_state()
@@ -234,7 +263,7 @@ def test_multiprocess_prefetch_gives_the_same_stream():
     finally:
         it.close()
     assert _same(got, want)
-    fresh = make_train_iterator(synthetic_cfg(num_workers=2), global_batch_size=2, seed=8)
+    fresh = make_train_iterator(synthetic_cfg(num_workers=2, shuffle=shuffle), global_batch_size=2, seed=8)
     try:
         fresh.set_state(state)
         assert _same(_take(fresh, 2), want[2:])

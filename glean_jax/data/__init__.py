@@ -24,6 +24,9 @@ def default_data_config() -> ConfigDict:
       degradation: None (pre-made LQ) or 'blind' (in128out1024: LQ made online from the GT; lq_dir unused).
       in_size, out_size: square LQ and GT sizes, checked on every image.
       flip: joint horizontal flip with p = 0.5 (mmagic ``Flip``).
+      shuffle: a new random order every epoch (mmagic ``InfiniteSampler(shuffle=True)``); False feeds the pairs
+        in dataset order (file-name order, or meta_info's), repeating, the global batches in that order whatever
+        the process count (see :mod:`glean_jax.data.loader`).
       test_root, test_lq_dir, test_gt_dir, test_meta_info: the evaluation set (always pre-made LQ).
       num_threads, prefetch: grain reader threads and prefetch buffer (elements) per process.
       num_workers: grain multiprocess prefetch workers (0 = off).
@@ -45,6 +48,7 @@ def default_data_config() -> ConfigDict:
     c.in_size = 32
     c.out_size = 256
     c.flip = True
+    c.shuffle = True
     c.test_root = "data/cat_test"
     c.test_lq_dir = "BIx8_down"
     c.test_gt_dir = "GT"

@@ -18,6 +18,14 @@ Batches are made before the reader threads/processes, so the stream of batches d
 ``num_threads`` or ``num_workers``. Every process reads only its own share (n_local = N // process_count
 images; the last N mod process_count indices are not used). The iterator's ``get_state()/set_state()``
 (or ``grain.checkpoint.CheckpointSave/Restore`` inside an orbax checkpoint) resumes at the same next batch.
+
+``shuffle=False`` (``data.shuffle``; mmengine ``InfiniteSampler(shuffle=False)``, which yields
+``torch.arange(size)`` again and again) feeds the images in dataset order (file-name order, or the order of
+``meta_info``), repeating, with no image left out: global batch k holds the positions ``k*B .. k*B+B-1`` of that
+stream (modulo N, B = global batch size) and process p its ``p``-th consecutive slice of ``B / process_count``
+(:class:`OrderedPositions`), so the global batches are the same for any process count, and equal to mmagic's
+single-process batches (mmengine's sampler would instead give DDP rank r the positions r, r + W, ...). The element
+at stream position g is image ``g mod N`` of epoch ``g // N``, with the same per-index randomness as above.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ SOURCES = ("folder", "synthetic", "tfds")
 SYNTHETIC_TRAIN_SEED = 0
 SYNTHETIC_TEST_SEED = 1
 MAX_SKIPS_IN_A_ROW = 100
+ORDERED_STREAM_LENGTH = 2**62   # shuffle=False: the (lazy) length of the repeated in-order stream
 
 
 def _get(cfg: ConfigDict, key: str, default: Any = None) -> Any:
@@ -127,7 +136,16 @@ class TrainElement:
                         "see the warnings above")
 
     def __call__(self, k: int, index: int) -> dict[str, np.ndarray]:
-        epoch = k // self.n_local
+        """The ``k``-th element of this process's shuffled, repeated share (epoch ``k // n_local``): image
+        ``index``."""
+        return self.load(k // self.n_local, index)
+
+    def at(self, position: tuple[int, int]) -> dict[str, np.ndarray]:
+        """``(epoch, index)`` of :class:`OrderedPositions` -> the augmented pair (``shuffle=False``)."""
+        return self.load(*position)
+
+    def load(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        """Image ``index`` (or the next readable one) of epoch ``epoch``, degraded/flipped with its own RNG."""
         index, item = self.read(int(index))
         rng = np.random.default_rng([self.seed, epoch, index])
         gt = item["gt"]
@@ -135,6 +153,23 @@ class TrainElement:
         if self.flip and rng.random() < 0.5:
             lq, gt = hflip(lq), hflip(gt)
         return {"lq": lq, "gt": gt}
+
+
+class OrderedPositions:
+    """``shuffle=False``: local element ``j`` of process ``process_index`` -> ``(epoch, image index)``.
+
+    The global stream is ``0, 1, ..., N-1, 0, 1, ...`` (position g is image ``g mod N`` of epoch ``g // N``);
+    global batch ``k`` is positions ``k*B .. k*B+B-1`` and this process holds its slice
+    ``[process_index * b, (process_index + 1) * b)`` with ``b = B / process_count``.
+    """
+
+    def __init__(self, n: int, local_batch_size: int, process_index: int, process_count: int) -> None:
+        self.n, self.b, self.p, self.count = int(n), int(local_batch_size), int(process_index), int(process_count)
+
+    def __call__(self, j: int) -> tuple[int, int]:
+        j = int(j)
+        g = (j // self.b) * self.b * self.count + self.p * self.b + j % self.b
+        return g // self.n, g % self.n
 
 
 def collate(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -156,21 +191,25 @@ def collate(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def build_train_dataset(source: Any, *, local_batch_size: int, seed: int, process_index: int = 0,
                         process_count: int = 1, flip: bool = True, blind: bool = False, in_size: int = 0,
                         on_error: str = "raise", num_threads: int = 4, prefetch: int = 8,
-                        num_workers: int = 0) -> grain.IterDataset:
+                        num_workers: int = 0, shuffle: bool = True) -> grain.IterDataset:
     """The grain pipeline (see the module docstring) over any random-access ``source`` of
-    ``{'lq', 'gt'}`` (or ``{'gt'}`` with ``blind=True``) uint8 items."""
+    ``{'lq', 'gt'}`` (or ``{'gt'}`` with ``blind=True``) uint8 items; ``shuffle=False`` feeds them in order."""
     if process_count < 1 or not 0 <= process_index < process_count:
         raise UserError(f"process_index={process_index}, process_count={process_count}: expected "
                         "0 <= process_index < process_count")
     n = len(source)
     n_local = n // process_count
-    if n_local < 1:
+    if n_local < 1 and (shuffle or n < 1):
         raise UserError(f"training set has {n} images, fewer than the {process_count} processes; expected at "
                         "least one image per process")
-    element = TrainElement(source, seed=seed, n_local=n_local, flip=flip, blind=blind, in_size=in_size,
+    element = TrainElement(source, seed=seed, n_local=max(n_local, 1), flip=flip, blind=blind, in_size=in_size,
                            on_error=on_error)
-    ds = grain.MapDataset.range(n)[process_index:n_local * process_count:process_count]
-    ds = ds.shuffle(seed=int(seed) % 2**32).repeat(None).map_with_index(element)
+    if shuffle:
+        ds = grain.MapDataset.range(n)[process_index:n_local * process_count:process_count]
+        ds = ds.shuffle(seed=int(seed) % 2**32).repeat(None).map_with_index(element)
+    else:
+        ds = grain.MapDataset.range(ORDERED_STREAM_LENGTH).map(
+            OrderedPositions(n, local_batch_size, process_index, process_count)).map(element.at)
     ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=collate)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     if num_workers:
@@ -199,7 +238,8 @@ def make_train_dataset(data_cfg: ConfigDict, *, global_batch_size: int, seed: in
         process_count=process_count, flip=bool(_get(data_cfg, "flip", True)),
         blind=_get(data_cfg, "degradation") == "blind", in_size=data_cfg.in_size,
         on_error=_get(data_cfg, "on_error", "raise"), num_threads=_get(data_cfg, "num_threads", 4),
-        prefetch=_get(data_cfg, "prefetch", 8), num_workers=_get(data_cfg, "num_workers", 0))
+        prefetch=_get(data_cfg, "prefetch", 8), num_workers=_get(data_cfg, "num_workers", 0),
+        shuffle=bool(_get(data_cfg, "shuffle", True)))
 
 
 def make_train_iterator(data_cfg: ConfigDict, *, global_batch_size: int, seed: int, process_index: int = 0,

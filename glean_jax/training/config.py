@@ -175,6 +175,8 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
         raise UserError(f"config.data.in_size/out_size={cfg.data.in_size}/{cfg.data.out_size} differ from "
                         f"model.in_size/out_size={in_size}/{out_size}; expected the same geometry")
     _choice(cfg, "data.source", ("folder", "synthetic", "tfds"))
+    _bool(cfg, "data.flip")
+    _bool(cfg, "data.shuffle")
     if cfg.data.source == "tfds":
         for key in ("tfds_name", "tfds_split", "tfds_test_split", "tfds_gt_key", "tfds_lq_key"):
             value = cfg.data.get(key)
@@ -203,6 +205,9 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
         if not cfg.pretrained.vgg16:
             raise UserError("config.pretrained.vgg16=None: expected a converted torchvision vgg16 checkpoint "
                             "(python -m convert.torchvision_vgg16 SRC.pth OUT_DIR), or pretrained.allow_random=True")
+
+    if check_files:
+        check_pretrained(cfg)
 
     _float(cfg, "optim.lr", 0.0, strict=True)
     for key in ("b1", "b2"):
@@ -233,6 +238,52 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
     _int(cfg, "seed", 0)
     if cfg.peak_tflops_per_device is not None:
         _float(cfg, "peak_tflops_per_device", 0.0, strict=True)
+
+
+def _meta_mismatch(path_field: str, path: str, arch: dict | None, what: str, want: dict[str, Any]) -> None:
+    if not arch:
+        raise UserError(f"config.{path_field}={path!r}: holds no {what}; expected a checkpoint with one")
+    for key, value in want.items():
+        have = arch.get(key)
+        if have is not None and have != value:
+            raise UserError(f"config.{path_field}={path!r}: {what} has {key}={have} but the config needs {value}; "
+                            "expected a checkpoint matching the config's geometry (model.*)")
+
+
+def check_pretrained(cfg: ConfigDict) -> None:
+    """Kind and geometry of the ``pretrained.*`` checkpoints, read from their ``model.json`` only (no weights loaded,
+    nothing computed): one line naming the checkpoint and what the config expects. ``training.loop.initial_weights``
+    still checks every array when it loads them."""
+    # light (JSON only); imported here because importing this module must not import JAX
+    from glean_jax.checkpoint import load_meta
+
+    m, pre = cfg.model, cfg.pretrained
+    d_want = {"in_size": m.out_size, "channel_multiplier": m.channel_multiplier}
+    expected_kinds = {"stylegan2": ("stylegan2", "python -m convert.mmagic stylegan2-...-official.pth OUT_DIR"),
+                      "glean": ("glean", "a converted GLEAN checkpoint or a training export"),
+                      "vgg16": ("vgg16", "python -m convert.torchvision_vgg16 SRC.pth OUT_DIR")}
+    for key, (kind, hint) in expected_kinds.items():
+        path = pre[key]
+        if not path:
+            continue
+        meta = load_meta(path)
+        if meta.get("kind") != kind:
+            raise UserError(f"config.pretrained.{key}={path!r}: checkpoint kind is {meta.get('kind')!r}; expected "
+                            f"{kind!r} ({hint})")
+        if key == "stylegan2":
+            _meta_mismatch("pretrained.stylegan2", path, meta.get("generator"), "the StyleGAN2 generator",
+                           {"out_size": m.out_size, "style_channels": m.style_channels,
+                            "channel_multiplier": m.channel_multiplier})
+        elif key == "glean":
+            _meta_mismatch("pretrained.glean", path, meta.get("generator"), "the GLEAN generator",
+                           {"in_size": m.in_size, "out_size": m.out_size, "num_rrdbs": m.num_rrdbs,
+                            "rrdb_channels": m.rrdb_channels, "style_channels": m.style_channels,
+                            "channel_multiplier": m.channel_multiplier})
+        if key == "stylegan2" and not meta.get("discriminator") and not pre.allow_random:
+            raise UserError(f"config.pretrained.stylegan2={path!r}: holds no discriminator; expected the full "
+                            "official checkpoint (generator_ema + discriminator)")
+        if key in ("stylegan2", "glean") and meta.get("discriminator"):
+            _meta_mismatch(f"pretrained.{key}", path, meta["discriminator"], "the discriminator", d_want)
 
 
 def mesh_shape(cfg: ConfigDict, device_count: int) -> tuple[int, int]:

@@ -226,6 +226,9 @@ def no_host_pulls() -> Any:
     return jax.transfer_guard_device_to_host("disallow")
 
 
+THROUGHPUT = ("train/step_time_s", "train/images_per_s", "train/tflops_per_device", "train/mfu")
+
+
 class MetricWindow:
     """Per-step metrics left on the devices until a sync point, then fetched together; with the wall time of the
     steps they cover (the clock restarts after eval/checkpoint work, so only training steps are timed)."""
@@ -499,7 +502,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
             scalars["train/tflops_per_device"] = tflops
             if config.peak_tflops_per_device:
                 scalars["train/mfu"] = tflops / config.peak_tflops_per_device
-        summary["throughput"] = {k: scalars[k] for k in scalars if "time" in k or "per" in k}
+        summary["throughput"] = {k: scalars[k] for k in THROUGHPUT if k in scalars}
         if pbar is not None:
             pbar.set_postfix(loss_g=f"{scalars['train/loss_g']:.4f}", loss_d=f"{scalars['train/loss_d']:.4f}",
                              img_s=f"{scalars.get('train/images_per_s', 0.0):.2f}")
