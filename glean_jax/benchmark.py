@@ -12,8 +12,12 @@ mmagic's ``SRGAN.train_step``). Weights are random on both sides (speed does not
 Timing: each side is compiled / warmed up first, then the calls alternate A/B (ours, mmagic, ours, ...) in this one
 process, ``--repeats`` times; the figure is the median. Every call is synchronous (``block_until_ready`` /
 ``torch.cuda.synchronize``). Reported per (mode, batch size): images/s of both sides and their ratio ours/mmagic,
-our compile time, peak memory (CPU: the process RSS sampled during each side's calls, so both include the shared
-process baseline; GPU: ``device.memory_stats()['peak_bytes_in_use']`` and ``torch.cuda.max_memory_allocated``),
+our compile time, peak memory ``ours_peak_mem_mb`` / ``mmagic_peak_mem_mb`` (CPU: the process RSS sampled during
+each side's calls -- it includes the process baseline, and with ``--compare-mmagic`` the other side's model, so a
+side's own peak is measured in a run of that side alone: without ``--compare-mmagic``, or with ``--mmagic-only``;
+``peak_mem_process`` says which; GPU: ``device.memory_stats()['peak_bytes_in_use']`` and
+``torch.cuda.max_memory_allocated``), XLA's own account of our compiled function (``ours_xla_peak_mb`` =
+arguments + outputs - donated aliases + temporaries, and ``ours_xla_temp_mb``), ``remat`` (``model.remat``),
 achieved TFLOP/s from the analytic FLOP count below, the fraction of a matmul peak measured in the same run (a
 large float32 matmul; bfloat16 runs use a bfloat16 matmul) and, on a GPU with a known datasheet, MFU.
 
@@ -319,8 +323,21 @@ def make_inputs(cfg: ConfigDict, batch: int, seed: int = 0) -> dict[str, np.ndar
     return {"lq": lq, "gt": gt}
 
 
+def xla_memory_mb(compiled: Any) -> dict[str, float | None]:
+    """XLA's memory account of a compiled function (``memory_analysis()``): ``ours_xla_peak_mb`` = arguments +
+    outputs - aliased (donated) outputs + temporaries, and ``ours_xla_temp_mb``; None where the backend has none."""
+    try:
+        m = compiled.memory_analysis()
+        temp, args = m.temp_size_in_bytes, m.argument_size_in_bytes
+        peak = args + m.output_size_in_bytes - m.alias_size_in_bytes + temp
+    except Exception:  # noqa: BLE001 - the analysis is optional
+        return {"ours_xla_peak_mb": None, "ours_xla_temp_mb": None}
+    return {"ours_xla_peak_mb": round(peak / 2 ** 20, 1), "ours_xla_temp_mb": round(temp / 2 ** 20, 1)}
+
+
 class Ours:
-    """Our jitted forward and train step on one device, with random weights."""
+    """Our jitted forward and train step on one device, with random weights; ``memory`` holds
+    :func:`xla_memory_mb` of the function compiled last."""
 
     def __init__(self, cfg: ConfigDict, dtype: str, seed: int = 0) -> None:
         from glean_jax.models.build import init_variables
@@ -331,6 +348,7 @@ class Ours:
         self.g, self.d = S.build_modules(self.cfg)
         self.g_vars = init_variables("glean", self.g, jax.random.key(seed))
         self.d_params = init_variables("stylegan2_discriminator", self.d, jax.random.key(seed + 1))["params"]
+        self.memory: dict[str, float | None] = {}
 
     def inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         return make_inputs(self.cfg, batch, seed)
@@ -343,6 +361,8 @@ class Ours:
         t = time.perf_counter()
         compiled = runtime.jit(self.g.apply).lower(variables, lq).compile()
         compile_s = time.perf_counter() - t
+        self.memory = xla_memory_mb(compiled)
+        runtime.release_host_memory()   # the compiler's freed heap: not part of the peak of the calls
         box: dict[str, Any] = {}
 
         def call() -> None:
@@ -378,6 +398,8 @@ class Ours:
         t = time.perf_counter()
         compiled = S.jit_train_step(cfg, self.g, self.d, mesh, ss, fs).lower(state, frozen, batch_d).compile()
         compile_s = time.perf_counter() - t
+        self.memory = xla_memory_mb(compiled)
+        runtime.release_host_memory()   # the compiler's freed heap: not part of the peak of the calls
         box = {"state": state}
 
         def call() -> None:
@@ -614,16 +636,18 @@ def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch
             res: dict[str, Any] = {
                 "config": config_name, "mode": mode, "batch_size": batch, "dtype": dtype,
                 "ours_img_s": None, "mmagic_img_s": None, "ratio": None, "tflops_per_s": None,
-                "fraction_of_peak": None, "compile_s": None, "peak_mem_mb": None,
-                "gflops_per_image": round(per_img / 1e9, 3), "load_avg": load_avg(), "repeats": repeats,
-                "warmup": warmup}
+                "fraction_of_peak": None, "compile_s": None, "ours_peak_mem_mb": None,
+                "peak_mem_process": ("both sides" if ours is not None and theirs is not None
+                                     else "ours alone" if ours is not None else "mmagic alone"),
+                "remat": bool(cfg.model.remat), "gflops_per_image": round(per_img / 1e9, 3), "load_avg": load_avg(),
+                "repeats": repeats, "warmup": warmup}
             if ours is not None:
                 ours_s = statistics.median(a)
                 tflops = per_img * batch / ours_s / 1e12
                 res.update({"ours_img_s": round(batch / ours_s, 4), "tflops_per_s": round(tflops, 4),
                             "fraction_of_peak": round(tflops / peak, 4), "compile_s": round(compile_s, 2),
-                            "peak_mem_mb": round(_gpu_peak_mb() or rss_a, 1) if on_gpu() else round(rss_a, 1),
-                            "ours_s": [round(x, 4) for x in a]})
+                            "ours_peak_mem_mb": round(_gpu_peak_mb() or rss_a, 1) if on_gpu() else round(rss_a, 1),
+                            **ours.memory, "ours_s": [round(x, 4) for x in a]})
                 if machine["datasheet_tflops"]:
                     res["mfu"] = round(tflops / machine["datasheet_tflops"], 4)
             if theirs is not None:
@@ -657,7 +681,7 @@ def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch
 
 
 COLUMNS = ("config", "mode", "batch_size", "dtype", "ours_img_s", "mmagic_img_s", "ratio", "ratio_best", "tflops_per_s",
-           "fraction_of_peak", "compile_s", "peak_mem_mb", "load_avg")
+           "fraction_of_peak", "compile_s", "ours_peak_mem_mb", "load_avg")
 
 
 def _fmt(v: Any) -> str:
@@ -760,14 +784,17 @@ def summarize(paths: Sequence[str]) -> str:
             reports.append(json.loads(Path(p).read_text()))
         except (OSError, ValueError) as e:
             raise UserError(f"{p}: cannot read a benchmark JSON ({e}); expected a file written by --json") from e
-    cols = COLUMNS + ("mfu", "mmagic_dtype", "mmagic_peak_mem_mb", "psnr_vs_float32_db")
+    cols = COLUMNS + ("mfu", "mmagic_dtype", "mmagic_peak_mem_mb", "ours_xla_peak_mb", "remat", "psnr_vs_float32_db")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     machines = set()
     for rep in reports:
         m = rep.get("machine", {})
         machines.add(f"{m.get('platform')} {m.get('device')} (matmul peak {m.get('matmul_peak_tflops')} TFLOP/s, "
                      f"datasheet {m.get('datasheet_tflops')})")
-        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rep.get("results", [])]
+        for r in rep.get("results", []):
+            if "ours_peak_mem_mb" not in r:      # reports written before the key was renamed
+                r = {**r, "ours_peak_mem_mb": r.get("peak_mem_mb")}
+            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     return "\n".join(sorted(machines) + [""] + lines)
 
 

@@ -39,25 +39,39 @@ def _check_same_shape(a: jax.Array, b: jax.Array, what: str) -> None:
                         "expected equal shapes")
 
 
+def mean_all(x: jax.Array) -> jax.Array:
+    """The mean of every element of a float32 array, an NHWC one reduced over its spatial axes first.
+
+    One XLA:CPU float32 reduction over ~1M elements (the VGG16 conv4_3 features of two 256x256 images,
+    (2, 32, 32, 512)) drifts by ~8e-6 relative; reducing H, W first and then N, C stays within ~1e-8 of the exact
+    mean, as torch's ``mean`` (cascade summation, used by ``F.mse_loss`` in mmagic's ``MSELoss`` /
+    ``PerceptualLoss``) does. The value is the same mean: no weighting changes.
+    """
+    if x.ndim == 4:
+        return jnp.mean(jnp.mean(x, axis=(1, 2)))
+    return jnp.mean(x)
+
+
 def pixel_mse(pred: jax.Array, gt: jax.Array) -> jax.Array:
     """``mean((pred - gt)^2)`` over all elements, float32; mmagic ``MSELoss`` (weight 1.0, mean)."""
     _check_same_shape(pred, gt, "pixel loss")
-    return jnp.mean(jnp.square(_f32(pred) - _f32(gt)))
+    return mean_all(jnp.square(_f32(pred) - _f32(gt)))
 
 
 def vgg_features(vgg_params: Mapping, x: jax.Array, layers: tuple[str, ...], *, use_input_norm: bool = True,
-                 dtype: Any = jnp.float32, precision: Any = None) -> dict[str, jax.Array]:
+                 dtype: Any = jnp.float32, precision: Any = None, remat: bool = False) -> dict[str, jax.Array]:
     """mmagic ``PerceptualVGG.forward``: ImageNet normalisation ``(x - mean) / std`` then VGG16 features."""
     x = _f32(x)
     if use_input_norm:
         x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
-    model = VGG16Features(output_layers=layers, dtype=dtype, precision=precision)
+    model = VGG16Features(output_layers=layers, dtype=dtype, precision=precision, remat=remat)
     return model.apply({"params": vgg_params}, x)
 
 
 def perceptual_loss(vgg_params: Mapping, pred: jax.Array, gt: jax.Array, *, norm_img: bool,
                     layer_weights: Mapping[str, float] = GLEAN_LAYER_WEIGHTS, perceptual_weight: float = 1e-2,
-                    use_input_norm: bool = True, dtype: Any = jnp.float32, precision: Any = None) -> jax.Array:
+                    use_input_norm: bool = True, dtype: Any = jnp.float32, precision: Any = None,
+                    remat: bool = False) -> jax.Array:
     """mmagic ``PerceptualLoss(vgg_type='vgg16', criterion='mse', style_weight=0)`` on NHWC images in [-1, 1].
 
     ``norm_img`` first maps ``(x + 1) * 0.5`` (mmagic: True only for in128out1024; the other GLEAN configs feed
@@ -69,6 +83,8 @@ def perceptual_loss(vgg_params: Mapping, pred: jax.Array, gt: jax.Array, *, norm
         vgg_params: the VGG ``params`` collection (``variables['vgg']['params']`` of a converted checkpoint, or
             :func:`glean_jax.models.vgg.load_vgg16`); ``{'params': ...}`` is accepted too.
         dtype: VGG compute dtype (float32, bfloat16 or float16); the loss itself is float32.
+        remat: the prediction's VGG16 keeps less for the backward pass and recomputes its first stages there
+            (``VGG16Features.remat``; memory for compute, the same values).
     """
     if isinstance(vgg_params, Mapping) and set(vgg_params) == {"params"}:
         vgg_params = vgg_params["params"]
@@ -84,11 +100,12 @@ def perceptual_loss(vgg_params: Mapping, pred: jax.Array, gt: jax.Array, *, norm
         pred = (pred + 1.0) * 0.5
         gt = (gt + 1.0) * 0.5
     # Two separate forwards: the gt one carries no tangent, so differentiating costs one backward, not two.
-    f_pred = vgg_features(vgg_params, pred, layers, use_input_norm=use_input_norm, dtype=dtype, precision=precision)
+    f_pred = vgg_features(vgg_params, pred, layers, use_input_norm=use_input_norm, dtype=dtype, precision=precision,
+                          remat=remat)
     f_gt = vgg_features(vgg_params, gt, layers, use_input_norm=use_input_norm, dtype=dtype, precision=precision)
     loss = jnp.zeros((), jnp.float32)
     for k in layers:
-        loss = loss + jnp.mean(jnp.square(_f32(f_pred[k]) - _f32(f_gt[k]))) * weights[k]
+        loss = loss + mean_all(jnp.square(_f32(f_pred[k]) - _f32(f_gt[k]))) * weights[k]
     return loss * perceptual_weight
 
 

@@ -22,7 +22,8 @@ from glean_jax.models.build import variable_shapes
 from glean_jax.models.glean import GLEAN
 
 RESULT_KEYS = {"config", "mode", "batch_size", "dtype", "ours_img_s", "mmagic_img_s", "ratio", "tflops_per_s",
-               "fraction_of_peak", "compile_s", "peak_mem_mb"}
+               "fraction_of_peak", "compile_s", "ours_peak_mem_mb", "ours_xla_peak_mb", "ours_xla_temp_mb",
+               "peak_mem_process", "remat"}
 
 
 def arch(in_size, out_size, num_rrdbs=23):
@@ -100,7 +101,9 @@ def check_report(report, modes, batches, compared):
     for r in report["results"]:
         assert RESULT_KEYS <= set(r)
         assert r["config"] == "tiny" and r["dtype"] == "float32"
-        assert r["ours_img_s"] > 0 and r["compile_s"] > 0 and r["peak_mem_mb"] > 0
+        assert r["ours_img_s"] > 0 and r["compile_s"] > 0 and r["ours_peak_mem_mb"] > 0 and "peak_mem_mb" not in r
+        assert r["ours_xla_peak_mb"] >= r["ours_xla_temp_mb"] > 0 and r["remat"] is False
+        assert r["peak_mem_process"] == ("both sides" if compared else "ours alone")
         per_img = m["gflops_per_image"]["g_forward" if r["mode"] == "infer" else "train_step"]
         assert r["tflops_per_s"] == pytest.approx(per_img * r["ours_img_s"] / 1e3, rel=0.01, abs=1e-4)
         assert r["fraction_of_peak"] == pytest.approx(r["tflops_per_s"] / m["matmul_peak_tflops"]["float32"],
@@ -124,6 +127,24 @@ def test_cli_tiny_infer_writes_json(tmp_path, capsys):
     check_report(report, ["infer"], [1, 2], compared=False)
     assert "| tiny | infer | 2 | float32 |" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temp files left
+
+
+def test_cli_remat_override_recorded_and_summarize_reads_old_reports(tmp_path, capsys):
+    """``--config.model.remat=True`` reaches the model config and the JSON; ``summarize`` shows our peak memory of
+    reports written before ``peak_mem_mb`` became ``ours_peak_mem_mb``."""
+    cfg = write_tiny_config(tmp_path)
+    out = tmp_path / "bench.json"
+    assert run_cli(B.main, ["--config", str(cfg), "--mode", "infer", "--batch-size", "1", "--repeats", "1",
+                            "--warmup", "0", "--peak-size", "256", "--json", str(out),
+                            "--config.model.remat=True"]) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["remat"] is True and r["ours_peak_mem_mb"] > 0
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"machine": {}, "results": [{"config": "x", "mode": "train", "peak_mem_mb": 1234.5}]}))
+    capsys.readouterr()
+    assert run_cli(B.main, ["summarize", str(out), str(old)]) == 0
+    table = capsys.readouterr().out
+    assert "| x | train |" in table and "1234" in table and "| True |" in table
 
 
 @pytest.mark.oracle
@@ -153,6 +174,7 @@ def test_cli_tiny_mmagic_only(tmp_path, capsys):
     (r,) = json.loads(out.read_text())["results"]
     assert r["mmagic_img_s"] > 0 and r["mmagic_tflops_per_s"] > 0 and r["mmagic_peak_mem_mb"] > 0
     assert r["ours_img_s"] is None and r["ratio"] is None and r["compile_s"] is None and "ours_s" not in r
+    assert r["ours_peak_mem_mb"] is None and r["peak_mem_process"] == "mmagic alone"
     assert len(r["mmagic_s"]) == 2
     assert "| tiny | infer | 2 | float32 | - |" in capsys.readouterr().out
 

@@ -10,6 +10,10 @@ Not timed. The jaxprs are traced on abstract shapes (nothing is computed for the
   output channels runs as matrix products on CPU, forward and backward.
 * Exactness against mmagic's grouped per-sample-weight formulation (forward and up-conv).
 * The RRDB trunk is one ``lax.scan`` over the blocks' stacked parameters (compile time), equal to the unrolled loop.
+* The perceptual loss's VGG16 convs go through ``ops.conv``: its gradient's first-conv input gradient (3 -> 64 ch) is
+  matrix products on CPU, and the frozen VGG's weight gradients are not computed. Its 2x2 max pool keeps an int8
+  index for the backward (no reduce-window argmax over int32 index maps) and the FIR blur's backward is its adjoint
+  filter; both exact against autodiff.
 
 (A concatenation-free RRDB dense block was measured and not adopted: benchmarks/README.md.)
 """
@@ -24,12 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from glean_jax import losses
 from glean_jax.benchmark import iter_eqns
 from glean_jax.models import ops
 from glean_jax.models.build import variable_shapes
+from glean_jax.models.fir import _fir, fir_filter
 from glean_jax.models.glean import GLEAN
 from glean_jax.models.layers import Conv
 from glean_jax.models.rrdb import RRDB, RRDBFeatureExtractor
+from glean_jax.models.vgg import VGG16_LAYERS, init_vgg16_params, max_pool_2x2, required_convs
 
 
 def _convs(jaxpr) -> list:
@@ -327,3 +334,89 @@ def test_rrdb_trunk_is_one_scan_and_equals_the_unrolled_blocks():
     g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(unrolled(p, x))))(v["params"])
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref), strict=True):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * (float(jnp.max(jnp.abs(b))) + 1e-6)
+
+
+def test_perceptual_loss_gradient_takes_the_fast_conv_paths_on_cpu():
+    """The perceptual loss's gradient w.r.t. the prediction, lowered for CPU: VGG16's convs are ``ops.conv``'s, so
+    every conv is a canonical-layout forward conv and the input gradient of the first conv (3 -> 64 ch, a conv back
+    to 3 channels) is matrix products -- no conv with the (3, 3, 64, 3) kernel, nor any conv producing 3 channels
+    (``flax.linen.Conv``'s autodiff had one). Compiled, the frozen VGG's weight gradients are gone (XLA drops them):
+    one conv per layer in each of the two forwards (prediction, target) and one per input gradient but the first's. The
+    values equal autodiff of ``lax.conv_general_dilated`` (the old ``flax.linen.Conv`` VGG) to 1e-5 of the
+    gradient's largest element."""
+    params = init_vgg16_params(0)
+    n_convs = len(required_convs(("21",)))
+    assert n_convs == 10 and VGG16_LAYERS[0] == ("conv", 3, 64)
+
+    def loss(pred, gt, params=params):
+        return losses.perceptual_loss(params, pred, gt, norm_img=False)
+
+    grad = jax.jit(jax.grad(loss))
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+    text = grad.trace(x, x).lower(lowering_platforms=("cpu",)).as_text()
+    convs = _hlo_convs(text)
+    assert convs and all(c["dims"] == CANONICAL for c in convs), convs
+    assert [3, 3, 64, 3] not in [c["kernel"] for c in convs]
+    assert not re.search(r"stablehlo\.convolution[^\n]*-> tensor<2x16x16x3xf32>", text)
+    compiled = grad.lower(x, x).compile().as_text()
+    out_shapes = re.findall(r"= f32\[([0-9,]+)\][^ ]* convolution\(", compiled)
+    assert len(out_shapes) == 3 * n_convs - 1, out_shapes      # pred and gt forwards, pred's input gradients
+    assert not [s for s in out_shapes if s.endswith(",3")], out_shapes
+
+    rng = np.random.default_rng(2)
+    pred = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    gt = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+
+    def ref_loss(pred, gt):            # the same loss with autodiff of lax's conv (no custom backward)
+        def feats(x):
+            x = (x - jnp.asarray(losses.IMAGENET_MEAN)) / jnp.asarray(losses.IMAGENET_STD)
+            for idx, layer in enumerate(VGG16_LAYERS[:22]):
+                if layer[0] == "conv":
+                    p = params[f"features_{idx}"]
+                    x = lax.conv_general_dilated(x, p["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                                 dimension_numbers=ops.DIMENSION_NUMBERS) + p["bias"]
+                elif layer[0] == "relu":
+                    x = jax.nn.relu(x)
+                else:
+                    x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+            return x
+        return jnp.mean(jnp.square(feats(pred) - feats(lax.stop_gradient(gt)))) * 1e-2
+
+    got, want = grad(pred, gt), jax.grad(ref_loss)(pred, gt)
+    err = float(jnp.max(jnp.abs(got - want))) / float(jnp.max(jnp.abs(want)))
+    assert err <= 1e-5, err
+
+
+def test_max_pool_and_fir_backward_are_exact_and_lean():
+    """VGG16's 2x2 max pool against ``flax.linen.max_pool`` (autodiff of ``reduce_window`` max): the same values and
+    bit-identical gradients, ties included -- the first maximum of each window in window order gets the gradient,
+    as XLA's ``select_and_scatter`` and torch's ``max_pool2d`` -- and odd sizes cropped. Autodiff's compiled gradient
+    on CPU is a reduce-window argmax over int32 index maps of the input's size (1.25 GB of temporaries at VGG16's
+    first pool at 1024x1024); ours has no reduce-window and an int8 index per output. The FIR filter's hand-written
+    backward (the adjoint filter, one pad) against autodiff of the same filter: asymmetric taps, paddings 0-3."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(7)
+    for shape, ties in (((2, 8, 6, 5), False), ((2, 9, 7, 3), False), ((2, 8, 8, 4), True), ((1, 5, 5, 2), True)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        x = jnp.asarray(np.round(x) if ties else x)                # rounding: many ties, zeros among them
+        g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
+
+        def ref(x):
+            return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+        np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+        np.testing.assert_array_equal(jax.jit(jax.vjp(max_pool_2x2, x)[1])(g)[0], jax.vjp(ref, x)[1](g)[0])
+    x = jax.ShapeDtypeStruct((1, 64, 64, 8), jnp.float32)
+    ours = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))).lower(x).compile().as_text()
+    auto = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), (2, 2)))))).lower(x).compile().as_text()
+    assert "reduce-window" in auto and "reduce-window" not in ours and "s8[1,32,32,8]" in ours
+
+    taps = (0.1, 0.5, -0.3, 0.7)
+    for pad0, pad1, axis in ((0, 0, 1), (1, 2, 1), (3, 0, 2), (2, 2, 2)):
+        x = jnp.asarray(rng.standard_normal((2, 9, 7, 3)), jnp.float32)
+        y, vjp = jax.vjp(lambda x, a=pad0, b=pad1, ax=axis: fir_filter(x, taps, a, b, ax), x)
+        y_ref, vjp_ref = jax.vjp(lambda x, a=pad0, b=pad1, ax=axis: _fir(x, taps, a, b, ax), x)
+        np.testing.assert_array_equal(y, y_ref)
+        ct = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+        np.testing.assert_allclose(vjp(ct)[0], vjp_ref(ct)[0], rtol=0, atol=1e-6)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from glean_jax.models import ops
 from glean_jax.models.layers import Conv, Linear
+from glean_jax.models.remat import remat
 from glean_jax.models.rrdb import RRDBFeatureExtractor
 from glean_jax.models.stylegan2 import StyleGAN2Generator, check_size, stylegan2_channels
 
@@ -53,6 +54,11 @@ class GLEAN(nn.Module):
 
     Variables: ``params`` (``generator`` = the StyleGAN2 bank, kept frozen in training; ``encoder_*``,
     ``fusion_out_*``, ``fusion_skip_*``, ``decoder_*``) and ``buffers`` (``generator/injected_noise_i``).
+
+    ``remat`` (memory for compute in training; the same function and parameters): the backward pass recomputes,
+    instead of keeping, the activations of each RRDB of the trunk, of each bank level above ``in_size`` and of
+    each decoder level -- what holds most of the forward's memory at high resolution (a 1024x1024 output). The
+    latter two wait for their output's gradient before recomputing (:func:`glean_jax.models.remat.remat`).
     """
 
     in_size: int
@@ -85,7 +91,8 @@ class GLEAN(nn.Module):
         self.num_styles = 2 * int(math.log2(self.out_size)) - 2
         self.generator = StyleGAN2Generator(self.out_size, self.style_channels,
                                             channel_multiplier=self.channel_multiplier,
-                                            fp16_enabled=self.fp16_enabled, dtype=self.dtype)
+                                            fp16_enabled=self.fp16_enabled,
+                                            remat_above=self.in_size if self.remat else None, dtype=self.dtype)
         # encoder.0 = Sequential(RRDBFeatureExtractor, Conv2d, LeakyReLU); encoder.k = stride-2 blocks; the last
         # block (4x4) = Sequential(Conv2d, LeakyReLU, Flatten, Linear). None marks parameter-free positions.
         self.encoder_res = [2 ** i for i in range(int(math.log2(self.in_size)), 1, -1)]
@@ -148,8 +155,8 @@ class GLEAN(nn.Module):
             r = 4 * 2 ** k
             if r <= self.in_size:
                 out = self.fusion_out[k](jnp.concatenate([out.astype(self.dtype), enc_feats[k]], axis=-1))
-            out = g.convs[2 * k](out, latent[:, 2 * k + 1], noise[2 * k + 1])
-            out = g.convs[2 * k + 1](out, latent[:, 2 * k + 2], noise[2 * k + 2])
+            out = g.style_level(k, out, (latent[:, 2 * k + 1], latent[:, 2 * k + 2]),
+                                (noise[2 * k + 1], noise[2 * k + 2]))
             bank_feats.append(out)
             if 2 * r > self.in_size:
                 gen_feats.append(out)
@@ -158,10 +165,25 @@ class GLEAN(nn.Module):
             self._skip_branch(latent, bank_feats, enc_feats)
         hr = enc_feats[-1]
         for i, block in enumerate(self.decoder):
-            if i > 0:
-                hr = jnp.concatenate([hr, gen_feats[i - 1].astype(hr.dtype)], axis=-1)
-            if not isinstance(block, PixelShufflePack):
-                hr = block[2](ops.leaky_relu(block[0](hr)))
+            mods = (block,) if isinstance(block, PixelShufflePack) else (block[0], block[2])
+            if self.remat and not self.is_initializing():
+                unbound = tuple(m.clone(parent=None) for m in mods)
+                hr = remat(lambda v, hr, f, u=unbound: _decode(u, v, hr, f))(
+                    tuple(m.variables for m in mods), hr, gen_feats[i - 1] if i > 0 else None)
             else:
-                hr = block(hr)
+                hr = _decode(mods, None, hr, gen_feats[i - 1] if i > 0 else None)
         return hr.astype(jnp.float32)
+
+
+def _decode(mods: tuple[nn.Module, ...], variables: tuple | None, hr: jax.Array, gen_feat: jax.Array | None
+            ) -> jax.Array:
+    """One decoder level: its input concatenated with the bank's feature (not at the first level), then its convs
+    (a PixelShufflePack, or the last level's conv, leaky ReLU, conv); ``variables`` given: the modules are unbound."""
+    def call(k: int, x: jax.Array) -> jax.Array:
+        return mods[k](x) if variables is None else mods[k].apply(variables[k], x)
+
+    if gen_feat is not None:
+        hr = jnp.concatenate([hr, gen_feat.astype(hr.dtype)], axis=-1)
+    if len(mods) == 1:
+        return call(0, hr)
+    return call(1, ops.leaky_relu(call(0, hr)))

@@ -21,11 +21,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from glean_jax.models.fir import fir_filter
+from glean_jax.models.remat import after
 
 SQRT2 = math.sqrt(2.0)
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -74,6 +78,11 @@ def is_narrow(w_shape: Sequence[int], stride: int) -> bool:
     return stride == 1 and kh * kw > 1 and cout <= NARROW_MAX_OUT and kh * kw * cout <= cin
 
 
+def _acc(dtype: Any) -> Any:
+    """The accumulation type of a matrix product or conv over ``dtype``: float32, or float64 for float64 inputs."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def narrow_conv(x: jax.Array, w: jax.Array, pad_h: int, pad_w: int, precision=None) -> jax.Array:
     """Stride-1 ``conv`` as one matrix product and a shifted sum: ``z = x @ W`` with W as (in, kh*kw*out) -- every
     tap's contribution at every input pixel, reading the input once -- then ``y[p] = sum_ab z[p + (a, b) - pad, a,
@@ -82,7 +91,7 @@ def narrow_conv(x: jax.Array, w: jax.Array, pad_h: int, pad_w: int, precision=No
     n, h, wd, _ = x.shape
     ho, wo = h + 2 * pad_h - kh + 1, wd + 2 * pad_w - kw + 1
     z = lax.dot_general(x, w.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), (((3,), (0,)), ((), ())),
-                        precision=precision, preferred_element_type=jnp.float32)
+                        precision=precision, preferred_element_type=_acc(x.dtype))
     z = jnp.pad(z.reshape(n, h, wd, kh, kw, cout), ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0), (0, 0), (0, 0)))
     y = sum(z[:, a:a + ho, b:b + wo, a, b] for a in range(kh) for b in range(kw))
     return y.astype(x.dtype)
@@ -100,9 +109,9 @@ def narrow_conv_backward(x: jax.Array, w: jax.Array, g: jax.Array, pad_h: int, p
                     for b in range(kw)], axis=3).reshape(n * h * wd, kh * kw * cout)
     w_cols = w.transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
     dx = lax.dot_general(gs, w_cols, (((1,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=jnp.float32).reshape(x.shape).astype(x.dtype)
+                         preferred_element_type=_acc(x.dtype)).reshape(x.shape).astype(x.dtype)
     dw = lax.dot_general(x.reshape(n * h * wd, cin), gs, (((0,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=jnp.float32)
+                         preferred_element_type=_acc(x.dtype))
     return dx, dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(w.dtype)
 
 
@@ -195,7 +204,9 @@ def _conv_bwd(stride, pad_h, pad_w, precision, res, g):
 def conv_backward_cpu(x: jax.Array, w: jax.Array, g: jax.Array, *, stride: int, pad_h: int, pad_w: int,
                       precision=None) -> tuple[jax.Array, jax.Array]:
     """(dx, dw) of :func:`conv` for output gradient ``g`` as canonical-layout forward convs (the CPU backward); a
-    narrow conv's as matrix products."""
+    narrow conv's as matrix products. ``x`` is read only once ``g`` exists (:func:`remat.after`), else XLA:CPU
+    makes the weight gradient's copies of it in the forward pass and holds them until the backward."""
+    x = after(x, g)
     kh, kw = w.shape[:2]
     if is_narrow(w.shape, stride):
         return narrow_conv_backward(x, w, g, pad_h, pad_w, precision)
@@ -226,7 +237,7 @@ def _conv_weight_grad_canonical(x: jax.Array, g: jax.Array, kh: int, kw: int, s:
     def corr(lhs: jax.Array) -> jax.Array:                   # (n, rows, cols, ci) -> (ci, rows-ho+1, cols-wo+1, co)
         return lax.conv_general_dilated(lhs.transpose(3, 1, 2, 0), rhs, (1, 1), "VALID",
                                         dimension_numbers=DIMENSION_NUMBERS, precision=precision,
-                                        preferred_element_type=jnp.float32)
+                                        preferred_element_type=_acc(lhs.dtype))
 
     if s == 1:
         return corr(xp).transpose(1, 2, 0, 3)                # (ci, a, b, co) -> (a, b, ci, co)
@@ -266,7 +277,7 @@ def _conv_weight_grad_taps(x: jax.Array, g: jax.Array, kh: int, kw: int, s: int,
     xp = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
     g2 = g.reshape(n * ho * wo, cout)
     taps = [lax.dot_general(xp[:, a:a + s * (ho - 1) + 1:s, b:b + s * (wo - 1) + 1:s, :].reshape(n * ho * wo, cin),
-                            g2, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
+                            g2, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=_acc(g2.dtype))
             for a in range(kh) for b in range(kw)]
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
@@ -290,6 +301,8 @@ def make_kernel_2d(kernel: Sequence[float] = BLUR_KERNEL, gain: float = 1.0) -> 
 
 def _upfirdn_axis(x: jax.Array, taps: np.ndarray, up: int, down: int, pad0: int, pad1: int, axis: int) -> jax.Array:
     """One axis of upfirdn: zero insertion after each sample, pad/crop, true convolution, keep every ``down``-th."""
+    if up == down == 1 and pad0 >= 0 and pad1 >= 0:
+        return fir_filter(x, tuple(float(c) for c in np.asarray(taps)[::-1]), pad0, pad1, axis)
     if up > 1:
         shape = list(x.shape)
         z = jnp.zeros(shape[:axis + 1] + [up - 1] + shape[axis + 1:], x.dtype)

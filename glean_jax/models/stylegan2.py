@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from glean_jax.models import ops
+from glean_jax.models.remat import remat
 
 Dtype = Any
 
@@ -157,6 +158,10 @@ class StyleGAN2Generator(nn.Module):
     interpolates toward ``truncation_latent``; ``noise`` is ``'random'`` (fresh N(0,1) maps from the ``'noise'`` rng),
     ``'fixed'`` (the stored ``injected_noise_i`` buffers, mmagic's ``randomize_noise=False``), ``'none'``, or a list of
     arrays. Returns the RGB image (N, H, W, 3) float32 in the model's [-1, 1] range (not clipped).
+
+    ``remat_above``: in :meth:`style_level`, the levels producing a resolution above it keep only their input
+    for the backward pass and recompute the rest there (:func:`glean_jax.models.remat.remat`; the same function and
+    parameter tree); None = none.
     """
 
     out_size: int
@@ -165,6 +170,7 @@ class StyleGAN2Generator(nn.Module):
     channel_multiplier: int = 2
     lr_mlp: float = 0.01
     fp16_enabled: bool = False
+    remat_above: int | None = None
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -188,6 +194,24 @@ class StyleGAN2Generator(nn.Module):
             self.variable("buffers", f"injected_noise_{i}",
                           lambda r=r: jax.random.normal(self.make_rng("params"), (1, r, r, 1), jnp.float32))
             for i, r in enumerate(noise_resolutions(self.out_size))]
+
+    def style_level(self, k: int, x: jax.Array, styles: tuple[jax.Array, jax.Array],
+                    noises: tuple[jax.Array | None, jax.Array | None]) -> jax.Array:
+        """Resolution level ``k`` (output ``8 * 2**k``): ``convs[2k]`` (the up-conv) then ``convs[2k+1]``; one
+        rematerialised block above ``remat_above``. (The level, not each conv: the up-conv's output is never one
+        buffer in XLA -- its blur is fused into every consumer -- so as a block boundary it would keep the blur's
+        three full-size inputs instead.)"""
+        convs = (self.convs[2 * k], self.convs[2 * k + 1])
+        if self.remat_above is None or self.is_initializing() or 8 * 2 ** k <= self.remat_above:
+            return convs[1](convs[0](x, styles[0], noises[0]), styles[1], noises[1])
+        unbound = tuple(c.clone(parent=None) for c in convs)
+
+        def level(c: tuple, x: jax.Array) -> jax.Array:
+            variables, styles, noises = c
+            x = unbound[0].apply(variables[0], x, styles[0], noises[0])
+            return unbound[1].apply(variables[1], x, styles[1], noises[1])
+
+        return remat(level)((tuple(c.variables for c in convs), styles, noises), x)
 
     def mapping(self, z: jax.Array) -> jax.Array:
         """z (N, style_channels) -> W (N, style_channels): PixelNorm then the MLP."""
@@ -317,12 +341,16 @@ class StyleGAN2Discriminator(nn.Module):
     within each of ``mbstd_shards`` consecutive equal parts of the batch (the call argument; 1 = the whole batch):
     mmagic's discriminator runs per GPU, so its groups never cross GPUs (see the training step). Every other layer
     is per sample.
+
+    ``remat``: the ResBlocks at the two highest resolutions (``in_size`` and ``in_size / 2``) keep only their input
+    for the backward pass and recompute the rest there (:func:`glean_jax.models.remat.remat`); the same values.
     """
 
     in_size: int
     channel_multiplier: int = 2
     mbstd_group_size: int = 4
     fp16_enabled: bool = False
+    remat: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -334,7 +362,11 @@ class StyleGAN2Discriminator(nn.Module):
         kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
         x = ConvDownLayer(ch[self.in_size], 1, name="convs_0", **kw)(x)
         for n, i in enumerate(range(log_size, 2, -1), start=1):
-            x = ResBlock(ch[2 ** (i - 1)], name=f"convs_{n}", **kw)(x)
+            if self.remat and n <= 2 and not self.is_initializing():
+                block = ResBlock(ch[2 ** (i - 1)], parent=None, **kw)
+                x = remat(lambda v, x, b=block: b.apply({"params": v}, x))(self.variables["params"][f"convs_{n}"], x)
+            else:
+                x = ResBlock(ch[2 ** (i - 1)], name=f"convs_{n}", **kw)(x)
         x = ops.minibatch_stddev(x, self.mbstd_group_size, shards=mbstd_shards)
         x = ConvDownLayer(ch[4], 3, name="final_conv", **kw)(x)
         x = ops.nchw_flatten(x.astype(jnp.float32))

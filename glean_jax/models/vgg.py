@@ -16,12 +16,16 @@ torchvision layout (index: layer)::
 Convs are 3x3, stride 1, zero padding 1, with bias; max pools are 2x2 stride 2 without padding, rounding the output
 size down (torch's ``MaxPool2d(2, 2)``, ``ceil_mode=False``). Parameters are named after the torchvision index
 (``features_0``, ``features_2``, ...), kernels HWIO float32; :mod:`convert.torchvision_vgg16` writes them.
+
+The convs run through :func:`glean_jax.models.ops.conv2d` (the same values as ``lax.conv_general_dilated``), so the
+perceptual loss's backward takes that op's CPU formulations: every input gradient a canonical-layout forward conv,
+and the first conv's (3 -> 64 channels, whose input gradient has 3) as matrix products (:func:`ops.is_narrow`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -30,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from glean_jax.errors import UserError
+from glean_jax.models import ops
+from glean_jax.models.remat import remat
 
 # One entry per torchvision ``features`` index: ("conv", in, out), ("relu",) or ("pool",).
 _CFG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -59,6 +65,83 @@ PERCEPTUAL_LAYER = "21"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _pool_quarters(x: jax.Array) -> tuple[jax.Array, ...]:
+    """The four elements of every 2x2 window, in window order (0,0), (0,1), (1,0), (1,1); odd edges cropped."""
+    h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    return tuple(x[:, a:h:2, b:w:2] for a in (0, 1) for b in (0, 1))
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """torch ``MaxPool2d(2, 2)`` on NHWC (``ceil_mode=False``): the same values as ``nn.max_pool(x, (2, 2), (2, 2))``.
+
+    The gradient goes to the first maximum of each window in window order (torch's ``max_pool2d`` backward and
+    XLA's ``select_and_scatter`` with ``>=``, which autodiff of ``reduce_window`` max lowers to), from an int8 index per
+    output element kept from the forward. Autodiff's lowering on XLA:CPU materialises a reduce-window argmax over
+    four full-size int32 index maps (VGG16's first pool at 1024x1024: 1.25 GB of temporaries)."""
+    a, b, c, d = _pool_quarters(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple]:
+    a, b, c, d = _pool_quarters(x)
+    m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+    first = jnp.where(a == m, 0, jnp.where(b == m, 1, jnp.where(c == m, 2, 3))).astype(jnp.int8)
+    return m, (first, x.shape)
+
+
+def _max_pool_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array]:
+    first, shape = res
+    n, ho, wo, ch = g.shape
+    zero = jnp.zeros((), g.dtype)
+    parts = [jnp.where(first == k, g, zero) for k in range(4)]
+    rows = [jnp.stack(parts[2 * r:2 * r + 2], axis=3) for r in (0, 1)]               # (n, ho, wo, 2, ch)
+    dx = jnp.stack(rows, axis=2).reshape(n, 2 * ho, 2 * wo, ch)
+    return (jnp.pad(dx, ((0, 0), (0, shape[1] - 2 * ho), (0, shape[2] - 2 * wo), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+class VGGConv(nn.Module):
+    """torch ``nn.Conv2d(in, features, 3, padding=1)`` as torchvision's VGG16 has it, NHWC/HWIO, through
+    :func:`ops.conv2d`. Parameters ``kernel`` (3, 3, in, features) and ``bias``, float32, created as ``flax.linen.Conv``
+    creates them (same names, order and initialisers: torchvision's ``kaiming_normal_(mode='fan_out',
+    nonlinearity='relu')`` and a zero bias), cast to ``dtype`` for the computation."""
+
+    features: int
+    dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                            (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return vgg_conv({"kernel": kernel, "bias": bias}, x, self.dtype, self.precision)
+
+
+def vgg_conv(p: Mapping, x: jax.Array, dtype: Any = jnp.float32, precision: Any = None) -> jax.Array:
+    """:class:`VGGConv` on its parameters ``{'kernel', 'bias'}``."""
+    x = x.astype(dtype)
+    return ops.conv2d(x, p["kernel"].astype(dtype), 1, 1, precision) + p["bias"].astype(dtype)
+
+
+REMAT_STAGES = 2
+"""``VGG16Features(remat=True)`` recomputes its first two stages (the layers up to the second max pool, at full and
+half resolution) in the backward pass: ~75 % of the activations to conv4_3, a third of the FLOPs."""
+
+
+def _stages(layers: Sequence[tuple]) -> list[list[int]]:
+    """Layer indices grouped into stages, each ending with a max pool (the last may not)."""
+    stages: list[list[int]] = [[]]
+    for idx, layer in enumerate(layers):
+        stages[-1].append(idx)
+        if layer[0] == "pool":
+            stages.append([])
+    return [s for s in stages if s]
 
 
 def conv_shape_torch(idx: int) -> tuple[int, int, int, int]:
@@ -104,11 +187,14 @@ class VGG16Features(nn.Module):
         dtype: compute dtype (params stay float32 and are cast, as flax does for ``dtype``).
         precision: ``jax.lax.Precision`` of the convs (None = JAX default; on GPUs that may be TF32 for float32,
             like PyTorch's default ``cudnn.allow_tf32``). Use ``'highest'`` for exact float32 on accelerators.
+        remat: the first :data:`REMAT_STAGES` stages (those holding no requested layer) keep only their input for
+            the backward pass and recompute the rest there (:func:`glean_jax.models.remat.remat`); same values.
     """
 
     output_layers: Sequence[str] = (PERCEPTUAL_LAYER,)
     dtype: Any = jnp.float32
     precision: Any = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -117,24 +203,48 @@ class VGG16Features(nn.Module):
             raise UserError(f"VGG16 input: shape {tuple(x.shape)}; expected NHWC images (N, H, W, 3)")
         x = x.astype(self.dtype)
         out: dict[str, jax.Array] = {}
-        for idx, layer in enumerate(VGG16_LAYERS[: wanted[-1] + 1]):
-            if layer[0] == "conv":
-                x = nn.Conv(layer[2], (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), use_bias=True,
-                            dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision,
-                            # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu'), zero bias.
-                            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                            bias_init=nn.initializers.zeros, name=f"features_{idx}")(x)
-            elif layer[0] == "relu":
-                x = nn.relu(x)
+        layers = VGG16_LAYERS[: wanted[-1] + 1]
+        dtype, precision = self.dtype, self.precision
+
+        def module_conv(idx: int, x: jax.Array) -> jax.Array:
+            return VGGConv(layers[idx][2], dtype=dtype, precision=precision, name=f"features_{idx}")(x)
+
+        def stage_fn(p: Mapping, x: jax.Array, stage: tuple[int, ...]) -> jax.Array:
+            return _run(stage, x, lambda idx, x: vgg_conv(p[idx], x, dtype, precision))
+
+        for k, stage in enumerate(_stages(layers)):
+            if self.remat and k < REMAT_STAGES and stage[-1] < wanted[0] and not self.is_initializing():
+                _check_poolable(x, stage[-1])
+                params = {i: self.variables["params"][f"features_{i}"] for i in stage if layers[i][0] == "conv"}
+                x = remat(lambda p, x, stage=tuple(stage): stage_fn(p, x, stage))(params, x)
             else:
-                h, w = x.shape[1], x.shape[2]
-                if h < 2 or w < 2:
-                    raise UserError(f"VGG16 input: {h}x{w} features before max pool {idx} are too small; expected "
-                                    "images of at least 8x8 for layer 21 (torch raises here too)")
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-            if idx in wanted:
-                out[str(idx)] = x
+                x = _run(tuple(stage), x, module_conv, out, wanted)
         return out
+
+
+def _run(stage: tuple[int, ...], x: jax.Array, conv: Callable[[int, jax.Array], jax.Array], out: dict | None = None,
+         wanted: Sequence[int] = ()) -> jax.Array:
+    """The layers ``stage`` (torchvision indices) on ``x``, convs by ``conv(idx, x)``; requested outputs to ``out``."""
+    for idx in stage:
+        layer = VGG16_LAYERS[idx]
+        if layer[0] == "conv":
+            x = conv(idx, x)
+        elif layer[0] == "relu":
+            x = nn.relu(x)
+        else:
+            _check_poolable(x, idx)
+            x = max_pool_2x2(x)
+        if out is not None and idx in wanted:
+            out[str(idx)] = x
+    return x
+
+
+def _check_poolable(x: jax.Array, idx: int) -> None:
+    """The features entering max pool ``idx`` (or its stage: the convs keep the size) must be at least 2x2."""
+    h, w = x.shape[1], x.shape[2]
+    if h < 2 or w < 2:
+        raise UserError(f"VGG16 input: {h}x{w} features before max pool {idx} are too small; expected "
+                        "images of at least 8x8 for layer 21 (torch raises here too)")
 
 
 def check_vgg16_params(params: Mapping, layers: Iterable[str | int] = (PERCEPTUAL_LAYER,), what: str = "VGG16") -> None:

@@ -33,7 +33,7 @@ def base_config() -> ConfigDict:
     c.model.style_channels = 512
     c.model.channel_multiplier = 2
     c.model.fp16_enabled = False      # mmagic generator/discriminator fp16_enabled (weight/style normalisation)
-    c.model.remat = False             # rematerialise RRDB blocks (less memory, more compute)
+    c.model.remat = False             # recompute activations in the backward pass (less memory, more compute)
     # mmagic trains with DDP: each GPU's discriminator sees only its local batch, so the minibatch-stddev groups are
     # formed within it. With mbstd_per_shard the global batch is split into `mbstd_shards` equal parts (mmagic's GPU
     # count) and D's minibatch-stddev groups are formed within each part, whatever our device count is.

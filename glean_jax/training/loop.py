@@ -530,8 +530,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
             first = True
             while step < config.total_steps:
                 if first:
-                    flops = _compiled_flops(train_step.lower(state, frozen, batch))
                     ts = time.time()
+                    flops = _compiled_flops(train_step.lower(state, frozen, batch).compile())  # reused by the call
+                    runtime.release_host_memory()   # the compiler's freed heap, before the step's buffers come
                 # Steady state: dispatch the step; the devices run it while the host goes on (no value is read).
                 with no_host_pulls():
                     state, m = train_step(state, frozen, batch)

@@ -71,7 +71,8 @@ def build_modules(cfg: ConfigDict) -> tuple[GLEAN, StyleGAN2Discriminator]:
               style_channels=m.style_channels, channel_multiplier=m.channel_multiplier,
               fp16_enabled=m.fp16_enabled, remat=m.remat, dtype=dtype)
     d = StyleGAN2Discriminator(in_size=m.out_size, channel_multiplier=m.channel_multiplier,
-                               mbstd_group_size=m.mbstd_group_size, fp16_enabled=m.fp16_enabled, dtype=dtype)
+                               mbstd_group_size=m.mbstd_group_size, fp16_enabled=m.fp16_enabled, remat=m.remat,
+                               dtype=dtype)
     return g, d
 
 
@@ -183,7 +184,8 @@ def make_train_step_fn(cfg: ConfigDict, g: GLEAN, d: StyleGAN2Discriminator) -> 
             out = g.apply(glean_variables(tp, frozen), lq)
             pix = losses.pixel_mse(out, gt) * w.pixel_weight
             perc = losses.perceptual_loss(frozen["vgg"], out, gt, norm_img=w.norm_img,
-                                          perceptual_weight=w.perceptual_weight, dtype=dtype)
+                                          perceptual_weight=w.perceptual_weight, dtype=dtype,
+                                          remat=cfg.model.remat)
             gan = losses.gan_loss_g(d_apply(state.d_params, out), w.gan_weight)
             total = pix + perc + gan
             return total, (out, {"loss_pix": pix, "loss_perceptual": perc, "loss_gan": gan})
