@@ -23,7 +23,8 @@ def seed_config(in_size: int, out_size: int, batch_size: int, gpus: int, stylega
 
 
 def to_fp16(c: ConfigDict) -> ConfigDict:
-    """mmagic's *-fp16 variants: generator.fp16_enabled = discriminator.fp16_enabled = True (spec §5.5).
+    """mmagic's *-fp16 variants: generator.fp16_enabled = discriminator.fp16_enabled = True (mmagic
+    ``configs/glean/glean_x8-fp16_2xb8_cat.py`` and its siblings).
 
     Differences from mmagic: mmagic's fp16 configs keep a plain OptimWrapper (no loss scaler) and run only the
     StyleGAN2 layers under fp16 autocast while GLEAN's own layers stay fp32. Here ``precision='float16'`` computes

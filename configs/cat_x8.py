@@ -6,8 +6,9 @@ discriminator's minibatch-stddev per 8-image shard), Adam 1e-4 (0.9, 0.99), 300k
 1e-4 -> 1e-7 of the released (0.x) models (``--config.optim.schedule=cosine_1x`` for mmagic 1.x's T_max=600k),
 losses MSE x1 + perceptual (VGG16 conv4_3, norm_img=False) x1e-2 + GAN x1e-2.
 
-Needs (spec §5.3-5.4, §6): ``data/cat_train/{BIx8_down,GT}`` + ``meta_info_LSUNcat_GT.txt`` and
-``data/cat_test/{BIx8_down,GT}`` + ``meta_info_Cat100_GT.txt`` (``python -m glean_jax.data.prepare``), and::
+Needs the folders and meta files of the dataloaders of mmagic's ``glean_x8_2xb8_cat.py``:
+``data/cat_train/{BIx8_down,GT}`` with ``meta_info_LSUNcat_GT.txt`` and ``data/cat_test/{BIx8_down,GT}`` with
+``meta_info_Cat100_GT.txt`` (``python -m glean_jax.data.prepare``), and::
 
     python -m convert.mmagic stylegan2-cat-config-f-official_20210327_172444-15bc485b.pth pretrained/stylegan2_cat256
     python -m convert.torchvision_vgg16 vgg16-397923af.pth pretrained/vgg16

@@ -2,7 +2,7 @@
 
 Mirrors mmagic ``configs/glean/glean_x8-fp16_2xb8_cat.py``:
 configs/cat_x8.py with ``generator.fp16_enabled=True`` and
-``discriminator.fp16_enabled=True`` (spec §5.5); no fp16 model or number was released.
+``discriminator.fp16_enabled=True`` (mmagic's fp16 variant); no fp16 model or number was released.
 
 Where we differ from mmagic: mmagic keeps a plain OptimWrapper (no loss scaler) and runs only the StyleGAN2 layers
 in fp16 (GLEAN's encoder/fusion/decoder stay fp32). Here ``precision='float16'`` computes every layer in float16

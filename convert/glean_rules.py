@@ -8,6 +8,7 @@ import re
 import numpy as np
 
 from convert.mapping import CONV, GENERATOR_RULES, LINEAR, Rule, RuleSet, generator_kernel_keys
+from convert.stylegan2_rules import infer_generator_arch
 from glean_jax.errors import UserError
 
 _CONV_MODULE = (r"(?P<m>encoder\.0\.0\.(?:conv_first|conv_body|body\.\d+\.rdb\d\.conv\d)|encoder\.\d+\.[02]"
@@ -31,8 +32,6 @@ def glean_kernel_keys(arch: dict) -> list[tuple[str, np.ndarray]]:
 
 def infer_glean_arch(state: dict, source: str) -> dict:
     """(in_size, out_size, rrdb_channels, num_rrdbs, style_channels, channel_multiplier) from the tensor shapes."""
-    from convert.mmagic import infer_generator_arch
-
     if "encoder.0.0.conv_first.weight" not in state:
         raise UserError(f"{source}: missing key 'encoder.0.0.conv_first.weight'; expected a GLEANStyleGANv2 state_dict")
     bank = infer_generator_arch({k[10:]: v for k, v in state.items() if k.startswith("generator.")},

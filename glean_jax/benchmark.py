@@ -29,7 +29,7 @@ counted). Train FLOPs per image = 3 x trainable-G forward + 2 x bank forward (ac
 + 3 x VGG16-to-conv4_3 forward (prediction forward + activation backward, GT forward).
 
 The mmagic side needs the oracle install (``pip install -e '.[test]'`` and
-``pip install --no-deps -r requirements/oracle.txt``) and a source checkout (it imports ``tests/oracle``); it is
+``pip install --no-deps -r requirements/oracle.txt``, read by :mod:`glean_jax.mmagic_reference`); it is
 imported only with ``--compare-mmagic``. On CUDA, mmcv-lite has no compiled ops: mmagic's ``upfirdn2d`` and
 ``fused_bias_leakyrelu`` then run mmcv's own pure-PyTorch reference code (what mmcv runs on CPU), which is slower
 than a full mmcv build's CUDA kernels -- the mmagic GPU figures are a lower bound and the JSON says so.
@@ -43,7 +43,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,9 +56,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from glean_jax import runtime  # noqa: E402
+from glean_jax import metrics, runtime  # noqa: E402
 from glean_jax.errors import UserError, cli_entry  # noqa: E402
 from glean_jax.images import atomic_write_bytes  # noqa: E402
+from glean_jax.models.stylegan2 import stylegan2_channels  # noqa: E402
+from glean_jax.models.vgg import VGG16_LAYERS  # noqa: E402
 
 MODES = ("infer", "train")
 DTYPES = ("float32", "bfloat16")
@@ -75,11 +76,6 @@ DATASHEET_TFLOPS = {
 
 
 # ============================================================================================ analytic FLOP count
-def _channels(cm: int) -> dict[int, int]:
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
-            1024: 16 * cm}
-
-
 def _conv(cin: int, cout: int, k: int, h: int) -> int:
     """MACs of a k x k conv producing an h x h map."""
     return cin * cout * k * k * h * h
@@ -90,7 +86,7 @@ def glean_forward_macs(in_size: int, out_size: int, num_rrdbs: int = 23, rrdb_ch
                        ) -> dict[str, int]:
     """MACs per image of mmagic ``GLEANStyleGANv2.forward`` by part (encoder RRDB trunk, rest of the encoder, the
     4x4 latent linear, StyleGAN2 bank, fusion convs, decoder); the dead RGB skip branch is not evaluated."""
-    ch = _channels(channel_multiplier)
+    ch = stylegan2_channels(channel_multiplier)
     c, g = rrdb_channels, growth_channels
     rdb = sum(_conv(c + i * g, g, 3, in_size) for i in range(4)) + _conv(c + 4 * g, c, 3, in_size)
     parts = {"rrdb": _conv(3, c, 3, in_size) + num_rrdbs * 3 * rdb + _conv(c, c, 3, in_size)}
@@ -125,7 +121,7 @@ def glean_forward_macs(in_size: int, out_size: int, num_rrdbs: int = 23, rrdb_ch
 
 def discriminator_macs(size: int, channel_multiplier: int = 2) -> int:
     """MACs per image of mmagic ``StyleGAN2Discriminator`` (ResBlocks with 1x1 stride-2 skips, mbstd, linears)."""
-    ch = _channels(channel_multiplier)
+    ch = stylegan2_channels(channel_multiplier)
     macs = _conv(3, ch[size], 1, size)
     r = size
     while r > 4:
@@ -136,22 +132,14 @@ def discriminator_macs(size: int, channel_multiplier: int = 2) -> int:
     return macs
 
 
-VGG16_LAYERS = ((3, 64), (64, 64), "M", (64, 128), (128, 128), "M", (128, 256), (256, 256), (256, 256), "M",
-                (256, 512), (512, 512), (512, 512), "M", (512, 512), (512, 512), (512, 512))
-
-
 def vgg16_macs(size: int, last_layer: int = 21) -> int:
     """MACs per image of torchvision VGG16 ``features[:last_layer + 1]`` (layer 21 = conv4_3) at size x size."""
-    macs, idx, h = 0, 0, size
-    for item in VGG16_LAYERS:
-        if idx > last_layer:
-            break
-        if item == "M":
+    macs, h = 0, size
+    for layer in VGG16_LAYERS[:last_layer + 1]:
+        if layer[0] == "pool":
             h //= 2
-            idx += 1
-        else:
-            macs += _conv(item[0], item[1], 3, h)
-            idx += 2                                    # conv + ReLU
+        elif layer[0] == "conv":
+            macs += _conv(layer[1], layer[2], 3, h)
     return macs
 
 
@@ -411,15 +399,9 @@ class Ours:
 
 # ============================================================================================== mmagic side
 def _load_oracle() -> Any:
-    root = Path(__file__).resolve().parent.parent
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        from tests.oracle import mmagic_oracle as mo
-    except ImportError as e:
-        raise UserError(f"--compare-mmagic: cannot import tests/oracle/mmagic_oracle.py ({e}); expected a source "
-                        "checkout of glean-jax with the oracle installed: pip install -e '.[test]' && "
-                        "pip install --no-deps -r requirements/oracle.txt") from e
+    """The real mmagic 1.2.0 through :mod:`glean_jax.mmagic_reference`; one line saying how to install it if not."""
+    from glean_jax import mmagic_reference as mo
+
     try:
         mo.load()
     except ImportError as e:
@@ -569,9 +551,12 @@ def _gpu_peak_mb() -> float | None:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two [-1, 1] images mapped to [0, 255] (no clipping)."""
-    mse = float(np.mean(((a.astype(np.float64) - b.astype(np.float64)) * 127.5) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    """PSNR of two batches of [-1, 1] images (N, H, W, C) mapped to [0, 255] without clipping:
+    :func:`glean_jax.metrics.psnr` of the batches stacked into one image each."""
+    def image(x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float64) * 127.5 + 127.5).reshape(-1, x.shape[-2], x.shape[-1])
+
+    return float(metrics.psnr(image(a), image(b)))
 
 
 def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch_sizes: Sequence[int], dtype: str,

@@ -82,8 +82,12 @@ def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> P
     return out
 
 
-def save_model(out_dir: str | os.PathLike, meta: dict, variables: dict, overwrite: bool = False) -> Path:
-    """Writes ``meta`` (JSON) and ``variables`` (orbax) to ``out_dir`` atomically."""
+def save_model(out_dir: str | os.PathLike, meta: dict, variables: dict, overwrite: bool = False,
+               only_this_process: bool = False) -> Path:
+    """Writes ``meta`` (JSON) and ``variables`` (orbax) to ``out_dir`` atomically.
+
+    ``only_this_process``: in a multi-process run, this process writes alone (training's exports from process 0);
+    orbax would otherwise wait for every process to take part."""
     import orbax.checkpoint as ocp
 
     out = prepare_output_dir(out_dir, overwrite)
@@ -95,7 +99,12 @@ def save_model(out_dir: str | os.PathLike, meta: dict, variables: dict, overwrit
         os.chmod(tmp, 0o777 & ~umask)
         with open(tmp / META_FILE, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        with ocp.StandardCheckpointer() as ckptr:
+        kw = {}
+        if only_this_process:
+            me = jax.process_index()
+            kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"export_{out.name}")
+        with ocp.StandardCheckpointer(**kw) as ckptr:
             ckptr.save((tmp / VARS_DIR).resolve(), _to_numpy_tree(variables))
             ckptr.wait_until_finished()
         if out.exists():
@@ -145,3 +154,17 @@ def load_model(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
     variables = _to_numpy_tree(variables)
     check_finite(variables, str(ckpt_dir))
     return meta, variables
+
+
+def glean_geometry(ckpt_dir: str | Path) -> tuple[int, int]:
+    """(in_size, out_size) of a GLEAN checkpoint, from its ``model.json`` only (fast; the weights load later)."""
+    meta = load_meta(ckpt_dir)
+    gen = meta.get("generator") or {}
+    if meta.get("kind") != "glean" or gen.get("kind") != "glean":
+        raise UserError(f"{ckpt_dir}: holds a {meta.get('kind')!r} model; expected a GLEAN checkpoint (convert a "
+                        "GLEAN restorer checkpoint with `python -m convert.mmagic`, or train one)")
+    try:
+        return int(gen["in_size"]), int(gen["out_size"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{ckpt_dir}: model.json has no valid generator in_size/out_size; expected a GLEAN "
+                        "checkpoint written by convert or train") from None

@@ -48,109 +48,13 @@ import numpy as np
 from glean_jax import metrics
 from glean_jax.errors import UserError, cli_entry
 from glean_jax.images import IMAGE_EXTENSIONS, atomic_write_bytes, read_rgb
+from glean_jax.metrics import MetricAccumulator
 
 RAW_EXTENSION = ".npy"
 CSV_MEAN_ROW = "<mean>"
 # Raw outputs are in [-1, 1] (GAN outputs overshoot a little); beyond this they are not raw outputs.
 RAW_ABS_LIMIT = 10.0
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
-class MetricAccumulator:
-    """Collects per-image PSNR, SSIM and MAE and reports them in the evaluate JSON shape.
-
-    ``add(name, pred, gt)``: ``gt`` is the uint8 ground truth (H, W, 3) RGB; ``pred`` is either a uint8 image
-    (scored as it is) or a float raw model output in [-1, 1] (H, W, 3), turned into the prediction image with
-    ``output_to_image(pred, convention)``. PSNR and SSIM use ``crop_border`` and, with ``y_channel``, the Y channel,
-    as mmagic's ``PSNR(crop_border=N, convert_to='Y')``; MAE is on the full RGB image, as mmagic's ``MAE`` (which
-    has neither option). ``skip(name, reason)`` records an excluded image. Means follow mmagic's ``average``
-    (:func:`glean_jax.metrics.average`), in the order images were added.
-    """
-
-    def __init__(self, convention: str = "1.x", crop_border: int = 0, y_channel: bool = False) -> None:
-        if convention not in metrics.CONVENTIONS:
-            raise UserError(f"convention={convention!r}; expected one of {', '.join(metrics.CONVENTIONS)}")
-        if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
-            raise UserError(f"crop_border={crop_border!r}; expected an integer >= 0")
-        self.convention = convention
-        self.crop_border = crop_border
-        self.y_channel = bool(y_channel)
-        self._values: dict[str, dict[str, Any]] = {}  # name -> metric -> value as computed (numpy scalar)
-        self.skipped: dict[str, str] = {}
-        self.info: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def prediction_image(self, pred: np.ndarray, name: str = "prediction") -> np.ndarray:
-        """The image that is scored for ``pred``: uint8 as is, float raw output through ``output_to_image``."""
-        pred = np.asarray(pred)
-        if pred.dtype == np.uint8:
-            return pred
-        if not np.issubdtype(pred.dtype, np.floating):
-            raise UserError(f"{name}: prediction of dtype {pred.dtype}; expected a uint8 image or a float raw "
-                            "model output in [-1, 1]")
-        if not np.all(np.isfinite(pred)):
-            raise UserError(f"{name}: raw model output holds NaN or infinite values; expected finite values in "
-                            "[-1, 1]")
-        return metrics.output_to_image(pred, self.convention)
-
-    def add(self, name: str, pred: np.ndarray, gt: np.ndarray, label: str | None = None) -> dict[str, float]:
-        """Scores one image and returns its metrics as Python floats. Errors start with ``label`` (default
-        ``name``), e.g. the file names the pair came from."""
-        label = name if label is None else label
-        if name in self._values or name in self.skipped:
-            raise UserError(f"{label}: image name {name!r} given twice; expected unique names")
-        gt = np.asarray(gt)
-        if gt.dtype != np.uint8:
-            raise UserError(f"{label}: ground truth of dtype {gt.dtype}; expected uint8")
-        img = self.prediction_image(pred, label)
-        shape_p = img.shape if img.ndim == 3 else img.shape + (1,)
-        shape_g = gt.shape if gt.ndim == 3 else gt.shape + (1,)
-        if shape_p != shape_g:
-            raise UserError(f"{label}: prediction is {_describe(shape_p)} but ground truth is {_describe(shape_g)}; "
-                            "expected the same size and channel count")
-        convert_to = "Y" if self.y_channel else None
-        try:
-            values = {
-                "PSNR": metrics.psnr(gt, img, self.crop_border, convert_to),
-                "SSIM": metrics.ssim(gt, img, self.crop_border, convert_to),
-                "MAE": metrics.mae(gt, img),
-            }
-        except UserError as e:
-            raise UserError(f"{label}: {e}") from None
-        self._values[name] = values
-        return {k: float(v) for k, v in values.items()}
-
-    def skip(self, name: str, reason: str) -> None:
-        """Records that ``name`` was excluded from the means, and why."""
-        self.skipped[name] = reason
-
-    def summary(self) -> dict[str, Any]:
-        """``{"mean": {...}, "per_image": {name: {...}}, "convention", "num_images", "crop_border", "y_channel",
-        "num_skipped", "skipped": {name: reason}}`` plus whatever is in ``self.info``; UserError if nothing was
-        scored."""
-        if not self._values:
-            detail = f" ({len(self.skipped)} skipped)" if self.skipped else ""
-            raise UserError(f"no image could be scored{detail}; expected at least one valid prediction/GT pair")
-        mean = {m: float(metrics.average(v[m] for v in self._values.values())) for m in metrics.METRIC_NAMES}
-        per_image = {n: {m: float(v[m]) for m in metrics.METRIC_NAMES} for n, v in self._values.items()}
-        out: dict[str, Any] = {
-            "mean": mean,
-            "per_image": per_image,
-            "convention": self.convention,
-            "num_images": len(per_image),
-            "crop_border": self.crop_border,
-            "y_channel": self.y_channel,
-            "num_skipped": len(self.skipped),
-            "skipped": dict(self.skipped),
-        }
-        out.update(self.info)
-        return out
-
-
-def _describe(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}x{shape[0]} with {shape[2]} channel{'s' if shape[2] != 1 else ''}"
 
 
 def _check_output_path(path: str | None, flag: str) -> Path | None:

@@ -1,10 +1,11 @@
 """``python -m glean_jax.evaluate --checkpoint DIR --config CFG``: a model's metrics on a config's test set.
 
-Equal to mmagic's test loop for GLEAN (spec §5.6): each test pair is read as uint8 RGB, the LQ normalised as
-mmagic's ``DataPreprocessor`` ((x - 127.5) / 127.5), the model's raw output turned into the prediction with the
-chosen convention (1.x: ``clamp(x * 127.5 + 127.5, 0, 255)`` as float, the default; 0.x: rounded to uint8) and
-scored against the GT by the same :class:`glean_jax.evaluate.MetricAccumulator` as ``--pred-dir`` mode (PSNR, SSIM,
-MAE equal to mmagic's metric classes, mean = mmagic's average).
+Equal to mmagic's test loop for GLEAN (``test_pipeline`` of the GLEAN configs, ``mmagic/evaluation/metrics``): each
+test pair is read as uint8 RGB, the LQ normalised as mmagic's ``DataPreprocessor`` ((x - 127.5) / 127.5), the model's
+raw output turned into the prediction with the chosen convention (1.x: ``clamp(x * 127.5 + 127.5, 0, 255)`` as float,
+the default; 0.x: rounded to uint8) and scored against the GT by the same
+:class:`glean_jax.metrics.MetricAccumulator` as ``--pred-dir`` mode (PSNR, SSIM, MAE equal to mmagic's metric
+classes, mean = mmagic's average).
 
 Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (``configs/*.py``);
 ``CFG:ARG`` calls ``get_config(ARG)``. Fields are overridden as with ``ml_collections.config_flags``:
@@ -169,9 +170,9 @@ def evaluate_checkpoint(ckpt_dir: str | Path, config: ConfigDict, accumulator: A
     """
     from tqdm import tqdm
 
+    from glean_jax.checkpoint import glean_geometry
     from glean_jax.data import make_eval_dataset
     from glean_jax.images import to_uint8, write_png
-    from glean_jax.upscale import glean_geometry
 
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected an integer >= 1")
@@ -217,7 +218,7 @@ def evaluate_checkpoint(ckpt_dir: str | Path, config: ConfigDict, accumulator: A
 
 def run(args: Any, overrides: Sequence[tuple[str, str]]) -> Any:
     """The ``--checkpoint`` mode of :func:`glean_jax.evaluate.main` (``args`` from its parser)."""
-    from glean_jax.evaluate import MetricAccumulator
+    from glean_jax.metrics import MetricAccumulator
 
     config = load_config_file(args.config)
     apply_overrides(config, overrides, args.config)

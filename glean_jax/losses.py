@@ -1,4 +1,4 @@
-"""GLEAN's training losses as pure JAX functions (NHWC), equal to mmagic's (spec §5.1).
+"""GLEAN's training losses as pure JAX functions (NHWC), equal to mmagic's (``mmagic/models/losses``).
 
 * :func:`pixel_mse` = ``MSELoss(loss_weight=1.0, reduction='mean')`` on the [-1, 1] images.
 * :func:`perceptual_loss` = ``PerceptualLoss(layer_weights={'21': 1.}, vgg_type='vgg16', criterion='mse',

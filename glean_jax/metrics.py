@@ -32,7 +32,7 @@ generation did before scoring it (see its docstring); :func:`average` is mmagic'
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -246,3 +246,106 @@ def average(values: Iterable[float]) -> float:
     if n == 0:
         raise UserError("no images to average; expected at least one scored image")
     return total / n
+
+
+class MetricAccumulator:
+    """Collects per-image PSNR, SSIM and MAE and reports them in the evaluate JSON shape.
+
+    ``add(name, pred, gt)``: ``gt`` is the uint8 ground truth (H, W, 3) RGB; ``pred`` is either a uint8 image
+    (scored as it is) or a float raw model output in [-1, 1] (H, W, 3), turned into the prediction image with
+    ``output_to_image(pred, convention)``. PSNR and SSIM use ``crop_border`` and, with ``y_channel``, the Y channel,
+    as mmagic's ``PSNR(crop_border=N, convert_to='Y')``; MAE is on the full RGB image, as mmagic's ``MAE`` (which
+    has neither option). ``skip(name, reason)`` records an excluded image. Means follow mmagic's ``average``
+    (:func:`average`), in the order images were added. ``metric_names``: which of
+    :data:`METRIC_NAMES` to compute (training's evaluation leaves SSIM out for images smaller than
+    its 11x11 window).
+    """
+
+    def __init__(self, convention: str = "1.x", crop_border: int = 0, y_channel: bool = False,
+                 metric_names: tuple[str, ...] = METRIC_NAMES) -> None:
+        unknown = [m for m in metric_names if m not in METRIC_NAMES]
+        if unknown or not metric_names:
+            raise UserError(f"metrics {list(metric_names)!r}; expected some of {', '.join(METRIC_NAMES)}")
+        self.metric_names = tuple(metric_names)
+        if convention not in CONVENTIONS:
+            raise UserError(f"convention={convention!r}; expected one of {', '.join(CONVENTIONS)}")
+        if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
+            raise UserError(f"crop_border={crop_border!r}; expected an integer >= 0")
+        self.convention = convention
+        self.crop_border = crop_border
+        self.y_channel = bool(y_channel)
+        self._values: dict[str, dict[str, Any]] = {}  # name -> metric -> value as computed (numpy scalar)
+        self.skipped: dict[str, str] = {}
+        self.info: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def prediction_image(self, pred: np.ndarray, name: str = "prediction") -> np.ndarray:
+        """The image that is scored for ``pred``: uint8 as is, float raw output through ``output_to_image``."""
+        pred = np.asarray(pred)
+        if pred.dtype == np.uint8:
+            return pred
+        if not np.issubdtype(pred.dtype, np.floating):
+            raise UserError(f"{name}: prediction of dtype {pred.dtype}; expected a uint8 image or a float raw "
+                            "model output in [-1, 1]")
+        if not np.all(np.isfinite(pred)):
+            raise UserError(f"{name}: raw model output holds NaN or infinite values; expected finite values in "
+                            "[-1, 1]")
+        return output_to_image(pred, self.convention)
+
+    def add(self, name: str, pred: np.ndarray, gt: np.ndarray, label: str | None = None) -> dict[str, float]:
+        """Scores one image and returns its metrics as Python floats. Errors start with ``label`` (default
+        ``name``), e.g. the file names the pair came from."""
+        label = name if label is None else label
+        if name in self._values or name in self.skipped:
+            raise UserError(f"{label}: image name {name!r} given twice; expected unique names")
+        gt = np.asarray(gt)
+        if gt.dtype != np.uint8:
+            raise UserError(f"{label}: ground truth of dtype {gt.dtype}; expected uint8")
+        img = self.prediction_image(pred, label)
+        shape_p = img.shape if img.ndim == 3 else img.shape + (1,)
+        shape_g = gt.shape if gt.ndim == 3 else gt.shape + (1,)
+        if shape_p != shape_g:
+            raise UserError(f"{label}: prediction is {_describe(shape_p)} but ground truth is {_describe(shape_g)}; "
+                            "expected the same size and channel count")
+        convert_to = "Y" if self.y_channel else None
+        compute = {"PSNR": lambda: psnr(gt, img, self.crop_border, convert_to),
+                   "SSIM": lambda: ssim(gt, img, self.crop_border, convert_to),
+                   "MAE": lambda: mae(gt, img)}
+        try:
+            values = {m: compute[m]() for m in self.metric_names}
+        except UserError as e:
+            raise UserError(f"{label}: {e}") from None
+        self._values[name] = values
+        return {k: float(v) for k, v in values.items()}
+
+    def skip(self, name: str, reason: str) -> None:
+        """Records that ``name`` was excluded from the means, and why."""
+        self.skipped[name] = reason
+
+    def summary(self) -> dict[str, Any]:
+        """``{"mean": {...}, "per_image": {name: {...}}, "convention", "num_images", "crop_border", "y_channel",
+        "num_skipped", "skipped": {name: reason}}`` plus whatever is in ``self.info``; UserError if nothing was
+        scored."""
+        if not self._values:
+            detail = f" ({len(self.skipped)} skipped)" if self.skipped else ""
+            raise UserError(f"no image could be scored{detail}; expected at least one valid prediction/GT pair")
+        mean = {m: float(average(v[m] for v in self._values.values())) for m in self.metric_names}
+        per_image = {n: {m: float(v[m]) for m in self.metric_names} for n, v in self._values.items()}
+        out: dict[str, Any] = {
+            "mean": mean,
+            "per_image": per_image,
+            "convention": self.convention,
+            "num_images": len(per_image),
+            "crop_border": self.crop_border,
+            "y_channel": self.y_channel,
+            "num_skipped": len(self.skipped),
+            "skipped": dict(self.skipped),
+        }
+        out.update(self.info)
+        return out
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]} with {shape[2]} channel{'s' if shape[2] != 1 else ''}"

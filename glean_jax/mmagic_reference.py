@@ -1,4 +1,4 @@
-"""Loads the unmodified mmagic 1.2.0 classes on this CPU, as the reference for the parity tests.
+"""Loads the unmodified mmagic 1.2.0 classes on this CPU: the reference of the parity tests and the benchmark.
 
 Nothing numeric is replaced: the real ``GLEANStyleGANv2``, ``StyleGAN2Generator`` and ``StyleGAN2Discriminator``
 (and any other mmagic / mmcv module) run as released. Three shims only let them *import* from a PyPI-only
@@ -22,7 +22,7 @@ Also filters mmcv's "Since aten:cudnn_convolution_backward_weight is not support
 
 Usage::
 
-    from tests.oracle import mmagic_oracle as mo
+    from glean_jax import mmagic_reference as mo
     ns = mo.load()                                   # idempotent
     g = mo.build_glean(16, 64, seed=0, num_rrdbs=2)  # seeded, constants randomised, eval mode
     y = mo.to_nhwc(g(mo.to_nchw(x_nhwc)))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glean_jax.checkpoint import load_meta
+from glean_jax.checkpoint import glean_geometry
 from glean_jax.errors import EXIT_USER_ERROR, UserError, cli_entry
 from glean_jax.images import IMAGE_EXTENSIONS, list_images, read_rgb, to_uint8, write_npy, write_png
 
@@ -67,20 +67,6 @@ def area_resize(img: np.ndarray, size: int) -> np.ndarray:
                         f"{size}x{size} first") from None
     out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return out.reshape(size, size, *img.shape[2:])
-
-
-def glean_geometry(ckpt_dir: str | Path) -> tuple[int, int]:
-    """(in_size, out_size) of a GLEAN checkpoint, from its ``model.json`` only (fast; the weights load later)."""
-    meta = load_meta(ckpt_dir)
-    gen = meta.get("generator") or {}
-    if meta.get("kind") != "glean" or gen.get("kind") != "glean":
-        raise UserError(f"{ckpt_dir}: holds a {meta.get('kind')!r} model; expected a GLEAN checkpoint (convert a "
-                        "GLEAN restorer checkpoint with `python -m convert.mmagic`, or train one)")
-    try:
-        return int(gen["in_size"]), int(gen["out_size"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{ckpt_dir}: model.json has no valid generator in_size/out_size; expected a GLEAN "
-                        "checkpoint written by convert or train") from None
 
 
 def plan_outputs(inputs: Sequence[Path], output: str | Path, save_raw: bool

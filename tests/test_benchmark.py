@@ -1,5 +1,5 @@
-"""``python -m glean_jax.benchmark``: the analytic FLOP count (against the spec's independently computed figures and
-against the convolutions/dots actually traced), and the CLI end to end on a tiny config (JSON of the documented
+"""``python -m glean_jax.benchmark``: the analytic FLOP count (against figures computed by hand from the layer shapes
+and against the convolutions/dots actually traced), and the CLI end to end on a tiny config (JSON of the documented
 shape), with and without the real mmagic. Nothing here asserts a speed."""
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def arch(in_size, out_size, num_rrdbs=23):
                 channel_multiplier=2)
 
 
-# field_survey.md §5 (computed from mmagic's layer shapes; the bank agrees with published StyleGAN2 MAC constants)
+# GFLOPs per image computed by hand from mmagic's layer shapes (the bank agrees with StyleGAN2's published MAC counts)
 @pytest.mark.parametrize("geom,g_fwd,bank,train", [((32, 256), 335, 90, 1770), ((16, 256), 321, 90, None),
                                                    ((64, 1024), 703, 149, 4940), ((128, 1024), 1103, 149, 6140)])
-def test_flops_match_spec_figures(geom, g_fwd, bank, train):
+def test_flops_match_hand_computed_figures(geom, g_fwd, bank, train):
     f = B.model_flops(arch(*geom))
     assert f["g_forward"] / 1e9 == pytest.approx(g_fwd, rel=0.01)
     assert f["bank_forward"] / 1e9 == pytest.approx(bank, rel=0.01)
@@ -44,7 +44,7 @@ def test_flops_match_spec_figures(geom, g_fwd, bank, train):
 
 
 def test_vgg_and_discriminator_flops():
-    # VGG16 up to conv4_3 at 256^2: 36.5 GFLOPs, at 1024^2: 583 GFLOPs (field_survey.md §5)
+    # VGG16 up to conv4_3 at 256^2: 36.5 GFLOPs, at 1024^2: 583 GFLOPs (torchvision's layer shapes)
     assert 2 * B.vgg16_macs(256) / 1e9 == pytest.approx(36.5, rel=0.005)
     assert 2 * B.vgg16_macs(1024) / 1e9 == pytest.approx(583, rel=0.005)
     # D at 8x8, by hand: 1x1 3->512 at 8^2; ResBlock 8->4: 3x3 512->512 at 8^2, 3x3 s2 and 1x1 s2 512->512 at 4^2;

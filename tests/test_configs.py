@@ -1,4 +1,4 @@
-"""Every config file loads and validates; the seed configs carry the values of spec §5 (mmagic's GLEAN configs);
+"""Every config file loads and validates; the seed configs carry the values of mmagic's ``configs/glean/*.py``;
 bad configs and bad command lines are rejected with one line (exit 2) before any compute."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from glean_jax.training.config import base_config, mesh_shape, validate_config
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
 
-# spec §5.3 (geometry, GPUs x batch), §5.4 (folders), §5.1 (norm_img)
+# from mmagic's configs/glean/*.py: geometry, GPUs x batch, data folders, the perceptual loss's norm_img
 SEEDS = {
     "cat_x8": dict(in_size=32, out_size=256, gpus=2, batch=16, lq="BIx8_down", gt="GT", root="data/cat_train",
                    test_root="data/cat_test", test_lq="BIx8_down", norm_img=False, blind=None, bank="cat256"),

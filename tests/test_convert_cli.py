@@ -17,9 +17,9 @@ import pytest
 from convert import mmagic as conv
 from convert import to_mmagic
 from glean_jax import generate
+from glean_jax import mmagic_reference as mo
 from glean_jax.checkpoint import load_model
 from glean_jax.errors import run_cli
-from tests.oracle import mmagic_oracle as mo
 
 pytestmark = pytest.mark.oracle
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,19 +17,9 @@ from glean_jax.data.datasets import PairedImageFolder
 from glean_jax.data.resize import imresize_uint8
 from glean_jax.errors import run_cli
 from glean_jax.images import read_rgb
+from tests.oracle import module_or_skip
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def oracle_module(name: str):
-    """A real mmagic module through the oracle harness; skips the test when the oracle is not installed."""
-    from tests.oracle import mmagic_oracle as mo
-
-    try:
-        mo.load()
-    except ImportError as e:
-        pytest.skip(str(e))
-    return mo.import_module(name)
 
 
 def _photos(folder: Path) -> dict[str, np.ndarray]:
@@ -115,7 +105,7 @@ def test_prepare_meta_info_and_argument_errors(tmp_path, capsys):
 def test_prepare_equals_mmagic_glean_preprocessing(tmp_path):
     """mmagic's tools/dataset_converters/glean/preprocess_cat_*_dataset.py chain: skimage imread, img_as_float,
     MATLABLikeResize to 256x256, clip/x255/around, imsave PNG; then the same from that PNG by 1/8 and 1/16."""
-    m = oracle_module("mmagic.datasets.transforms.matlab_like_resize")
+    m = module_or_skip("mmagic.datasets.transforms.matlab_like_resize")
     from skimage import img_as_float
     from skimage.io import imread, imsave
 

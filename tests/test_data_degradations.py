@@ -12,6 +12,7 @@ from scipy import stats
 
 from glean_jax.data import degradations as D
 from glean_jax.errors import UserError
+from tests.oracle import module_or_skip
 
 CONFIG = "glean_in128out1024_4xb2-300k_ffhq-celeba-hq.py"
 
@@ -21,24 +22,13 @@ def _gt(size: int = 64) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def oracle_module(name: str):
-    """A real mmagic module through the oracle harness; skips the test when the oracle is not installed."""
-    from tests.oracle import mmagic_oracle as mo
-
-    try:
-        mo.load()
-    except ImportError as e:
-        pytest.skip(str(e))
-    return mo.import_module(name)
-
-
 @pytest.fixture(scope="module")
 def rd():
-    return oracle_module("mmagic.datasets.transforms.random_degradations")
+    return module_or_skip("mmagic.datasets.transforms.random_degradations")
 
 
 def _mmagic_train_pipeline():
-    oracle_module("mmagic.datasets.transforms.random_degradations")
+    module_or_skip("mmagic.datasets.transforms.random_degradations")
     import mmagic
     from mmengine.config import Config
 
@@ -148,7 +138,7 @@ def test_random_jpeg_parity(rd, quality):
 
 @pytest.mark.oracle
 def test_flip_parity():
-    aug = oracle_module("mmagic.datasets.transforms.aug_shape")
+    aug = module_or_skip("mmagic.datasets.transforms.aug_shape")
     from glean_jax.data.loader import hflip
 
     lq, gt = _gt(16), _gt(64)
@@ -183,7 +173,7 @@ def test_whole_chain_matches_mmagic_config_pipeline(rd, monkeypatch):
     with the GT size 1024 -> 64 and LQ 128 -> 8) vs apply_blind with the parameters mmagic drew."""
     aug_pixel = None
     try:
-        aug_pixel = oracle_module("mmagic.datasets.transforms.aug_pixel")
+        aug_pixel = module_or_skip("mmagic.datasets.transforms.aug_pixel")
     except ImportError:
         pass  # Clip needs torchvision.transforms; on uint8 it is np.clip(x, 0, 255), a no-op
     pipe = _mmagic_train_pipeline()[3:10]

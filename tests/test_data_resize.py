@@ -8,6 +8,7 @@ import skimage.data
 
 from glean_jax.data.resize import cubic, imresize, imresize_uint8, output_size, resize_weights
 from glean_jax.errors import UserError
+from tests.oracle import module_or_skip
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
 # (scale, output_shape) as used by mmagic's GLEAN preprocessing (GT -> 256x256, x1/8, x1/16), plus other cases.
@@ -19,17 +20,6 @@ CASES = [
     dict(scale=0.5),
     dict(scale=3),
 ]
-
-
-def oracle_module(name: str):
-    """A real mmagic module through the oracle harness; skips the test when the oracle is not installed."""
-    from tests.oracle import mmagic_oracle as mo
-
-    try:
-        mo.load()
-    except ImportError as e:
-        pytest.skip(str(e))
-    return mo.import_module(name)
 
 
 def _photo(name: str) -> np.ndarray:
@@ -120,7 +110,7 @@ def test_bad_input():
 def test_parity_with_mmagic_matlab_like_resize():
     from skimage import img_as_float
 
-    m = oracle_module("mmagic.datasets.transforms.matlab_like_resize")
+    m = module_or_skip("mmagic.datasets.transforms.matlab_like_resize")
     worst = 0.0
     for name in PHOTOS:
         img = _photo(name)
@@ -140,7 +130,7 @@ def test_parity_with_mmagic_matlab_like_resize():
 
 @pytest.mark.oracle
 def test_parity_with_mmagic_on_grayscale_and_uint8_input():
-    m = oracle_module("mmagic.datasets.transforms.matlab_like_resize")
+    m = module_or_skip("mmagic.datasets.transforms.matlab_like_resize")
     gray = skimage.data.camera()[:200, :300]
     for kw in (dict(scale=1 / 8), dict(output_shape=(64, 80))):
         ref = m.MATLABLikeResize(keys=["x"], **kw)({"x": gray / 255.0})["x"]

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from glean_jax import generate
+from glean_jax import mmagic_reference as mo
 from glean_jax.checkpoint import load_model, save_model
 from glean_jax.errors import run_cli
-from tests.oracle import mmagic_oracle as mo
 from tests.tolerances import PARITY_RTOL, scaled_error
 
 pytestmark = pytest.mark.oracle

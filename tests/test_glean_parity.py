@@ -17,8 +17,8 @@ import pytest
 
 from convert import mmagic as convert_mmagic
 from convert.to_mmagic import module_state
+from glean_jax import mmagic_reference as mo
 from glean_jax.models.build import build_glean
-from tests.oracle import mmagic_oracle as mo
 from tests.tolerances import PARITY_RTOL, scaled_error
 
 pytestmark = pytest.mark.oracle

@@ -76,7 +76,7 @@ def test_bce_and_gan_losses_match_torch(kind):
 def test_gan_losses_match_mmagic_ganloss():
     """Against mmagic's own GANLoss('vanilla', loss_weight=1e-2) as SRGAN calls it (G: real target, weighted;
     D: is_disc=True, weight 1)."""
-    from tests.oracle import mmagic_oracle as mo
+    from glean_jax import mmagic_reference as mo
 
     gl = mo.import_module("mmagic.models.losses.gan_loss")
     gan = gl.GANLoss(gan_type="vanilla", real_label_val=1.0, fake_label_val=0.0, loss_weight=1e-2)
@@ -103,7 +103,7 @@ def mmagic_perceptual(module_tmp):
     Returns ``(make_loss, vgg_params)``: the VGG16 params come from converting the *mmagic* loss's own state_dict
     (keys ``perceptual_loss.vgg.vgg_layers.*``, as in a GLEAN restorer checkpoint) with the converter CLI.
     """
-    from tests.oracle import mmagic_oracle as mo
+    from glean_jax import mmagic_reference as mo
 
     pl = mo.import_module("mmagic.models.losses.perceptual_loss")
     calls = []

@@ -54,12 +54,10 @@ def _random_output(shape: tuple[int, ...], seed: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- oracle
 @pytest.fixture(scope="module")
 def mm():
-    from tests.oracle import mmagic_oracle as mo
+    from glean_jax import mmagic_reference as mo
+    from tests import oracle
 
-    try:
-        mo.load()
-    except ImportError as e:
-        pytest.skip(str(e))
+    oracle.load_or_skip()
     import types
 
     return types.SimpleNamespace(

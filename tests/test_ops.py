@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from glean_jax.models import ops
+from tests.oracle import module_or_skip
 
 RS = np.random.RandomState(0)
 
@@ -113,17 +114,19 @@ def test_nchw_flatten_matches_torch_view():
     np.testing.assert_array_equal(np.asarray(ops.nchw_flatten(jnp.asarray(x))), nchw(x).reshape(2, -1).numpy())
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8])
+@pytest.mark.oracle
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 12])
 def test_minibatch_stddev(n):
+    """Against mmagic's ``ModMBStddevLayer()`` (group size 4, one channel group), the layer of its StyleGAN2
+    discriminator: the input channels unchanged, the appended stddev map to 1e-6 relative."""
+    layer = module_or_skip("mmagic.models.editors.stylegan2.stylegan2_modules").ModMBStddevLayer()
     x = RS.randn(n, 3, 3, 5).astype(np.float32)
     out = np.asarray(ops.minibatch_stddev(jnp.asarray(x)))
-    g = min(n, 4)
-    y = x.reshape(g, n // g, 3, 3, 5).astype(np.float64)
-    stat = np.sqrt(y.var(axis=0) + 1e-8).mean(axis=(1, 2, 3))
-    expect = np.tile(stat, g)
-    assert out.shape == (n, 3, 3, 6)
+    with torch.no_grad():
+        ref = layer(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    assert out.shape == ref.shape == (n, 3, 3, 6)
     np.testing.assert_array_equal(out[..., :5], x)
-    np.testing.assert_allclose(out[..., 5], np.broadcast_to(expect[:, None, None], (n, 3, 3)), rtol=1e-5)
+    np.testing.assert_allclose(out[..., 5], ref[..., 5], rtol=1e-6)
 
 
 def test_minibatch_stddev_rejects_bad_batch():
@@ -131,10 +134,20 @@ def test_minibatch_stddev_rejects_bad_batch():
         ops.minibatch_stddev(jnp.zeros((6, 2, 2, 1)))
 
 
-def test_fused_leaky_relu_and_pixel_norm():
+def test_fused_leaky_relu():
     x = RS.randn(4, 7).astype(np.float32)
     b = RS.randn(7).astype(np.float32)
     ref = F.leaky_relu(torch.from_numpy(x + b), 0.2).numpy() * np.sqrt(2)
     np.testing.assert_allclose(np.asarray(ops.fused_leaky_relu(jnp.asarray(x), jnp.asarray(b))), ref, rtol=1e-6)
-    pn = x / (np.sqrt((x ** 2).mean(-1, keepdims=True)) + 1e-6)
-    np.testing.assert_allclose(np.asarray(ops.pixel_norm(jnp.asarray(x))), pn, rtol=1e-5)
+
+
+
+@pytest.mark.oracle
+def test_pixel_norm_equals_mmagic():
+    """Against mmagic's ``PixelNorm`` (``pggan``; the first layer of StyleGAN2's mapping network), rows of very
+    different scales: 1e-6 relative."""
+    pixel_norm = module_or_skip("mmagic.models.editors.pggan").PixelNorm()
+    x = (RS.randn(5, 512) * np.array([1e-3, 1e-1, 1, 10, 1e3])[:, None]).astype(np.float32)
+    with torch.no_grad():
+        ref = pixel_norm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(ops.pixel_norm(jnp.asarray(x))), ref, rtol=1e-6, atol=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.oracle import mmagic_oracle as mo
+from glean_jax import mmagic_reference as mo
 
 pytestmark = pytest.mark.oracle
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def test_load_is_idempotent_and_gives_the_real_classes(ns):
 _PROBE = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from tests.oracle import mmagic_oracle as mo
+from glean_jax import mmagic_reference as mo
 t = time.perf_counter()
 ns = mo.load()
 load_s = time.perf_counter() - t
@@ -255,7 +255,7 @@ def test_import_module_examples(ns):
     # mmagic computes PSNR in float32 (its img_transform casts): float32 tolerance.
     assert psnr_mod.psnr(a, b, crop_border=0, input_order="HWC") == pytest.approx(want, rel=1e-6)
 
-    # GLEAN's perceptual loss: VGG16 features[:22]; the layer names are torchvision's (spec §3: convs at
+    # GLEAN's perceptual loss: VGG16 features[:22]; the layer names are torchvision's (torchvision ``vgg16``: convs at
     # 0,2,5,7,10,12,14,17,19,21), whether torchvision is real or the oracle's stand-in.
     ns.torch.manual_seed(0)
     loss = perceptual.PerceptualLoss(layer_weights={"21": 1.0}, vgg_type="vgg16",

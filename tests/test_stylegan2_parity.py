@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from convert import mmagic as convert_mmagic
+from glean_jax import mmagic_reference as mo
 from glean_jax.models.build import build_discriminator, build_generator
-from tests.oracle import mmagic_oracle as mo
 from tests.tolerances import PARITY_RTOL, scaled_error
 
 pytestmark = pytest.mark.oracle

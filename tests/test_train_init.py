@@ -14,7 +14,7 @@ from glean_jax.models.build import build, init_variables
 from glean_jax.models.vgg import init_vgg16_params
 from glean_jax.training import step as S
 from glean_jax.training.config import validate_config
-from glean_jax.training.loop import initial_weights
+from glean_jax.training.loop import initial_weights, train_and_evaluate
 from tests.test_train_step import small_config
 
 GEN_ARCH = {"kind": "stylegan2_generator", "out_size": 8, "style_channels": 512, "num_mlps": 8,
@@ -77,7 +77,7 @@ def test_bank_d_vgg_loaded(ckpts):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(sg2="sg2_16"), "the StyleGAN2 generator has out_size=16 but the config needs 8"),
-    (dict(sg2="sg2_bad"), "(bank): conv1/"),
+    (dict(sg2="sg2_bad"), "(bank): array conv1/"),
     (dict(sg2="sg2_noD"), "holds no discriminator; expected the full official checkpoint"),
     (dict(sg2="vgg"), "checkpoint kind is 'vgg16'; expected 'stylegan2'"),
     (dict(vgg="sg2"), "checkpoint kind is 'stylegan2'; expected 'vgg16'"),
@@ -102,3 +102,13 @@ def test_missing_pretrained_is_an_error_unless_random(ckpts):
         c.pretrained.stylegan2 = "/nonexistent"
         validate_config(c)
     validate_config(config(root, sg2=None, vgg=None, allow_random=True))
+
+
+def test_weights_that_do_not_load_leave_no_run_folder(ckpts, tmp_path):
+    """A checkpoint whose model.json matches but whose arrays do not fails while the weights load, before the run
+    folder (and its config.json) is made."""
+    root, _, _ = ckpts
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"\(bank\): array conv1/"):
+        train_and_evaluate(config(root, sg2="sg2_bad"), run, progress=False)
+    assert not run.exists()

@@ -34,12 +34,10 @@ def _photo(size: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def glean(module_tmp):
     """(checkpoint dir, mmagic module, torch): a randomised mmagic GLEAN 16->64 saved as .pth and converted."""
-    from tests.oracle import mmagic_oracle as mo
+    from glean_jax import mmagic_reference as mo
+    from tests import oracle
 
-    try:
-        ns = mo.load()
-    except ImportError as e:
-        pytest.skip(str(e))
+    ns = oracle.load_or_skip()
     from convert.mmagic import convert_file
 
     root = module_tmp("glean")
@@ -52,7 +50,7 @@ def glean(module_tmp):
 
 def _mmagic(glean, lq_uint8: np.ndarray) -> np.ndarray:
     """mmagic's raw output (N, 64, 64, 3) for uint8 RGB inputs normalised as its DataPreprocessor."""
-    from tests.oracle import mmagic_oracle as mo
+    from glean_jax import mmagic_reference as mo
 
     _, g, torch = glean
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """The blind (online) degradation pipeline of mmagic's ``glean_in128out1024_4xb2-300k_ffhq-celeba-hq`` config.
 
-mmagic applies, to ``img`` = a copy of the uint8 RGB GT (spec §5.4), in order:
+mmagic applies, to ``img`` = a copy of the uint8 RGB GT (the config's ``train_pipeline``;
+the transforms are in ``mmagic/datasets/transforms/random_degradations.py``), in order:
 
 1. ``RandomBlur``: a 41x41 Gaussian kernel, ``iso`` or ``aniso`` (p = .5/.5), sigma_x, sigma_y ~ U(0.2, 10),
    rotation ~ U(-3.1416, 3.1416); ``cv2.filter2D`` on the uint8 image (reflect-101 borders).

@@ -1,10 +1,10 @@
 """The grain input pipeline: sharded, shuffled, augmented, batched, prefetched, resumable.
 
-Equal in content to mmagic's training data flow for GLEAN (spec §5.3-5.4): whole images (no crop), a joint
-horizontal flip with p = 0.5, the blind degradation chain for ``degradation='blind'``, and
-``DataPreprocessor(mean=std=127.5)``: uint8 RGB -> ``(x - 127.5) / 127.5`` float32, NHWC.
-mmagic samples with an ``InfiniteSampler(shuffle=True)``; here each epoch is a fresh permutation
-(grain ``shuffle`` with the seed folded with the epoch) and the stream repeats forever.
+Equal in content to mmagic's training data flow for GLEAN (the configs' ``train_pipeline`` and ``train_dataloader``):
+whole images (no crop), a joint horizontal flip with p = 0.5, the blind degradation chain for ``degradation='blind'``,
+and ``DataPreprocessor(mean=std=127.5)``: uint8 RGB -> ``(x - 127.5) / 127.5`` float32, NHWC. mmagic samples with an
+``InfiniteSampler(shuffle=True)``; here each epoch is a fresh permutation (grain ``shuffle`` with the seed folded with
+the epoch) and the stream repeats forever.
 
 Pipeline, per process::
 

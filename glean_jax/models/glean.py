@@ -1,10 +1,10 @@
 """GLEAN, equal to mmagic 1.2.0 ``GLEANStyleGANv2`` (glean_styleganv2.py), NHWC.
 
-Data flow (spec §1): an RRDB encoder and stride-2 conv blocks turn the low-resolution input into multi-scale
-features and, through a 4x4 linear layer, W+ latents; the frozen StyleGAN2 bank is driven layer by layer with those
-latents and its fixed noise buffers, its features fused with the encoder's up to ``in_size``; a PixelShuffle decoder
-combines the encoder feature with the bank's features above ``in_size`` into the output (N, out, out, 3), RGB,
-nominally in [-1, 1] and not clipped.
+Data flow (``GLEANStyleGANv2.forward``): an RRDB encoder and stride-2 conv blocks turn the low-resolution input into
+multi-scale features and, through a 4x4 linear layer, W+ latents; the frozen StyleGAN2 bank is driven layer by layer
+with those latents and its fixed noise buffers, its features fused with the encoder's up to ``in_size``; a
+PixelShuffle decoder combines the encoder feature with the bank's features above ``in_size`` into the output (N, out,
+out, 3), RGB, nominally in [-1, 1] and not clipped.
 
 mmagic's RGB skip branch (``to_rgb1``, ``to_rgbs``, ``fusion_skip``) never reaches the output: its parameters exist
 (so checkpoints round-trip) but it is only evaluated when the variables are initialised.

@@ -1,11 +1,11 @@
 """StyleGAN2 generator (GLEAN's latent bank) and discriminator, equal to mmagic 1.2.0's
 ``StyleGAN2Generator`` / ``StyleGAN2Discriminator`` (config-f), NHWC.
 
-Parameters are float32 and raw (mmagic's ``weight_orig``); the equalised-learning-rate scale
-``lr_mul / sqrt(fan_in)`` is applied at run time, so a converted checkpoint is a pure re-layout of mmagic's.
-``dtype`` selects the compute dtype (float32, bfloat16, float16). ``fp16_enabled`` reproduces mmagic's
-``fp16_enabled=True`` numerics (weight/style pre-normalisation in demodulated convs and the +-256 output clamps);
-it changes the function (spec §5.5) and is only meant for the fp16 seed configs.
+Parameters are float32 and raw (mmagic's ``weight_orig``); the equalised-learning-rate scale ``lr_mul / sqrt(fan_in)``
+is applied at run time, so a converted checkpoint is a pure re-layout of mmagic's. ``dtype`` selects the compute dtype
+(float32, bfloat16, float16). ``fp16_enabled`` reproduces mmagic's ``fp16_enabled=True`` numerics (weight/style
+pre-normalisation in demodulated convs and the +-256 output clamps); it changes the function (mmagic's
+``ModulatedConv2d`` / ``ModulatedStyleConv``) and is only meant for the fp16 seed configs.
 
 Variable collections: ``params`` (trainable) and ``buffers`` (the generator's fixed ``injected_noise_i`` maps,
 shape (1, r, r, 1)).
@@ -277,13 +277,14 @@ class StyleGAN2Generator(nn.Module):
             s = styles[0]
             latent = s if s.ndim == 3 else jnp.repeat(s[:, None], self.num_latents, axis=1)
         elif len(styles) == 2:
+            # The first inject_index latents from styles[0], the rest from styles[1]. A drawn index (mmagic:
+            # random.randint(1, num_latents - 1)) stays a traced value, so this also runs under jit.
             if inject_index is None:
-                inject_index = int(jax.random.randint(self.make_rng("mix"), (), 1, self.num_latents))
-            if not 1 <= inject_index < self.num_latents:
+                inject_index = jax.random.randint(self.make_rng("mix"), (), 1, self.num_latents)
+            elif not 1 <= inject_index < self.num_latents:
                 raise ValueError(f"inject_index must be in [1, {self.num_latents - 1}], got {inject_index}")
-            a = jnp.repeat(styles[0][:, None], inject_index, axis=1)
-            b = jnp.repeat(styles[1][:, None], self.num_latents - inject_index, axis=1)
-            latent = jnp.concatenate([a, b], axis=1)
+            first = (jnp.arange(self.num_latents) < inject_index)[None, :, None]
+            latent = jnp.where(first, styles[0][:, None], styles[1][:, None])
         else:
             raise ValueError(f"style mixing takes at most 2 style arrays, got {len(styles)}")
         return self.synthesis(latent, noise)

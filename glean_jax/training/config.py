@@ -1,9 +1,10 @@
 """Training configuration: the field schema shared by every ``configs/*.py`` and its validation.
 
-Every config file builds on :func:`base_config` (mmagic's recipe, spec §5: Adam lr 1e-4, betas (0.9, 0.99),
-eps 1e-8 for G and D, 300k iterations, loss weights pixel 1 / perceptual 1e-2 / GAN 1e-2) and changes only what its
-mmagic config changes. :func:`validate_config` rejects unknown fields and bad values with one line naming the field,
-the value and what is expected, before anything is computed. Importing this module does not import JAX.
+Every config file builds on :func:`base_config` (mmagic's recipe, ``configs/glean/glean_x8_2xb8_cat.py``: Adam lr
+1e-4, betas (0.9, 0.99), eps 1e-8 for G and D, 300k iterations, loss weights pixel 1 / perceptual 1e-2 / GAN 1e-2) and
+changes only what its mmagic config changes. :func:`validate_config` rejects unknown fields and bad values with one
+line naming the field, the value and what is expected, before anything is computed. Importing this module does not
+import JAX.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""``train_and_evaluate(config, workdir)``: GLEAN training as mmagic's ``IterBasedTrainLoop`` + ``SRGAN`` (spec §5).
+"""``train_and_evaluate(config, workdir)``: GLEAN training as mmagic's ``IterBasedTrainLoop`` + ``SRGAN``.
 
-Initialisation (spec §5, §6, §7.1): the bank (GLEAN ``params['generator']`` and its fixed noise buffers) comes from
+Initialisation: the bank (GLEAN ``params['generator']`` and its fixed noise buffers) comes from
 the ``generator_ema`` of a converted official StyleGAN2 checkpoint (``pretrained.stylegan2``) and is verified to
 have been loaded (mmagic 1.x silently leaves it random); the discriminator from the same checkpoint; VGG16 from a
 converted torchvision checkpoint; ``pretrained.glean`` optionally starts G (and D if present) from a converted GLEAN
@@ -35,12 +35,12 @@ from ml_collections import ConfigDict
 
 from glean_jax import metrics as metrics_lib
 from glean_jax import runtime
-from glean_jax.checkpoint import load_model, save_model
+from glean_jax.checkpoint import check_variables, load_model, save_model
 from glean_jax.errors import UserError
 from glean_jax.images import make_grid, normalize, to_uint8, write_png
 from glean_jax.training import step as step_lib
 from glean_jax.training.checkpointing import RunCheckpoints, abstract_like
-from glean_jax.training.config import validate_config
+from glean_jax.training.config import check_pretrained, validate_config
 
 log = logging.getLogger("glean_jax.train")
 
@@ -74,55 +74,30 @@ def _flat(tree: Any) -> dict[str, Any]:
             for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_tree(loaded: Any, expected: Any, what: str, hint: str) -> None:
-    """Raises a UserError naming the first missing, extra or mis-shaped array of ``loaded`` vs ``expected``."""
-    a, b = _flat(loaded), _flat(expected)
-    for name in sorted(b):
-        if name not in a:
-            raise UserError(f"{what}: {name} is missing; expected the arrays of {hint}")
-        if tuple(np.shape(a[name])) != tuple(np.shape(b[name])):
-            raise UserError(f"{what}: {name} has shape {tuple(np.shape(a[name]))} but the config needs "
-                            f"{tuple(np.shape(b[name]))}; expected {hint}")
-    extra = sorted(set(a) - set(b))
-    if extra:
-        raise UserError(f"{what}: unexpected array {extra[0]} ({len(extra)} extra); expected {hint}")
-
-
 # ------------------------------------------------------------------------------------------------ initial weights
-def _arch_mismatch(meta_arch: dict | None, cfg: ConfigDict, keys: dict[str, Any], path: str, what: str) -> None:
-    if not meta_arch:
-        raise UserError(f"{path}: holds no {what}; expected a checkpoint with one")
-    for key, want in keys.items():
-        have = meta_arch.get(key)
-        if have is not None and have != want:
-            raise UserError(f"{path}: {what} has {key}={have} but the config needs {want}; expected a checkpoint "
-                            "matching the config's geometry (model.*)")
-
-
 def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, dict]:
     """``(glean_variables, d_params, vgg_params, info)`` as numpy trees; see the module docstring."""
     from glean_jax.models.vgg import init_vgg16_params, load_vgg16
 
     m, pre = cfg.model, cfg.pretrained
+    check_pretrained(cfg)   # kinds and geometries from model.json; the arrays are checked below as they load
     key = jax.random.key(cfg.seed)
-    gv = to_host(cached_init("glean", g)(jax.random.fold_in(key, 0)))
-    dv = to_host(cached_init("stylegan2_discriminator", d)(jax.random.fold_in(key, 1)))
-    gv, d_params = {"params": dict(gv["params"]), "buffers": dict(gv["buffers"])}, dv["params"]
+    init_g, key_g = cached_init("glean", g), jax.random.fold_in(key, 0)
+    init_d, key_d = cached_init("stylegan2_discriminator", d), jax.random.fold_in(key, 1)
+    # Random values only where no checkpoint brings them (pretrained.glean brings all of G); the shapes always, to
+    # check what loads against them.
+    gv = jax.eval_shape(init_g, key_g) if pre.glean else to_host(init_g(key_g))
+    gv, d_params = {"params": dict(gv["params"]), "buffers": dict(gv["buffers"])}, \
+        jax.eval_shape(init_d, key_d)["params"]
     info = {"bank": "random", "discriminator": "random", "vgg16": "random", "glean": "random"}
     hint_d = f"a StyleGAN2 discriminator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
     if pre.stylegan2:
-        meta, variables = load_model(pre.stylegan2)
-        if meta.get("kind") != "stylegan2":
-            raise UserError(f"config.pretrained.stylegan2={pre.stylegan2!r}: checkpoint kind is {meta.get('kind')!r}; "
-                            "expected 'stylegan2' (python -m convert.mmagic stylegan2-...-official.pth OUT_DIR)")
-        _arch_mismatch(meta.get("generator"), cfg, {"out_size": m.out_size, "style_channels": m.style_channels,
-                                                    "channel_multiplier": m.channel_multiplier},
-                       pre.stylegan2, "the StyleGAN2 generator")
+        _, variables = load_model(pre.stylegan2)
         bank = variables["generator"]
         what = f"config.pretrained.stylegan2={pre.stylegan2!r} (bank)"
         hint = f"a StyleGAN2 generator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
-        check_tree(bank.get("params"), gv["params"][step_lib.BANK], what, hint)
-        check_tree(bank.get("buffers"), gv["buffers"][step_lib.BANK], what, hint)
+        check_variables(bank.get("params"), gv["params"][step_lib.BANK], what, hint)
+        check_variables(bank.get("buffers"), gv["buffers"][step_lib.BANK], what, hint)
         gv["params"][step_lib.BANK] = bank["params"]
         gv["buffers"][step_lib.BANK] = bank["buffers"]
         info["bank"] = f"{pre.stylegan2} (generator_ema)"
@@ -131,23 +106,14 @@ def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, 
                 raise UserError(f"config.pretrained.stylegan2={pre.stylegan2!r}: holds no discriminator; expected the "
                                 "full official checkpoint (generator_ema + discriminator)")
         else:
-            _arch_mismatch(meta.get("discriminator"), cfg, {"in_size": m.out_size}, pre.stylegan2,
-                           "the discriminator")
-            check_tree(variables["discriminator"]["params"], d_params,
-                       f"config.pretrained.stylegan2={pre.stylegan2!r} (discriminator)", hint_d)
+            check_variables(variables["discriminator"]["params"], d_params,
+                            f"config.pretrained.stylegan2={pre.stylegan2!r} (discriminator)", hint_d)
             d_params = variables["discriminator"]["params"]
             info["discriminator"] = f"{pre.stylegan2} (discriminator)"
     if pre.glean:
-        meta, variables = load_model(pre.glean)
-        if meta.get("kind") != "glean":
-            raise UserError(f"config.pretrained.glean={pre.glean!r}: checkpoint kind is {meta.get('kind')!r}; "
-                            "expected 'glean' (a converted GLEAN checkpoint or a training export)")
-        _arch_mismatch(meta.get("generator"), cfg, {"in_size": m.in_size, "out_size": m.out_size,
-                                                    "num_rrdbs": m.num_rrdbs, "rrdb_channels": m.rrdb_channels,
-                                                    "channel_multiplier": m.channel_multiplier},
-                       pre.glean, "the GLEAN generator")
+        _, variables = load_model(pre.glean)
         hint = f"GLEAN {m.in_size}->{m.out_size} with {m.num_rrdbs} RRDBs of {m.rrdb_channels} channels"
-        check_tree(variables["generator"], gv, f"config.pretrained.glean={pre.glean!r}", hint)
+        check_variables(variables["generator"], gv, f"config.pretrained.glean={pre.glean!r}", hint)
         if pre.stylegan2:   # the bank must stay the official one: keep it, fine-tune the rest
             variables["generator"]["params"][step_lib.BANK] = gv["params"][step_lib.BANK]
             variables["generator"]["buffers"][step_lib.BANK] = gv["buffers"][step_lib.BANK]
@@ -156,13 +122,15 @@ def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, 
         gv = variables["generator"]
         info["glean"] = str(pre.glean)
         if variables.get("discriminator") is not None:
-            check_tree(variables["discriminator"]["params"], d_params,
-                       f"config.pretrained.glean={pre.glean!r} (discriminator)", hint_d)
+            check_variables(variables["discriminator"]["params"], d_params,
+                            f"config.pretrained.glean={pre.glean!r} (discriminator)", hint_d)
             d_params = variables["discriminator"]["params"]
             info["discriminator"] = f"{pre.glean} (discriminator)"
-    if info["discriminator"] == "random" and not pre.allow_random:
-        raise UserError("config.pretrained: no discriminator weights found; expected pretrained.stylegan2 with a "
-                        "discriminator, or pretrained.allow_random=True")
+    if info["discriminator"] == "random":
+        if not pre.allow_random:
+            raise UserError("config.pretrained: no discriminator weights found; expected pretrained.stylegan2 with a "
+                            "discriminator, or pretrained.allow_random=True")
+        d_params = to_host(init_d(key_d))["params"]
     if pre.vgg16:
         vgg = load_vgg16(pre.vgg16)
         info["vgg16"] = str(pre.vgg16)
@@ -303,21 +271,17 @@ class Evaluator:
         return to_host(self.apply(g_params, frozen, lq))[0]
 
     def evaluate(self, g_params: Any, frozen: Any) -> dict[str, float]:
+        """Mean ``psnr``, ``ssim`` and ``mae`` as ``python -m glean_jax.evaluate --checkpoint`` computes them (its
+        :class:`~glean_jax.metrics.MetricAccumulator`, mmagic 1.x's output convention); no ``ssim`` for images
+        smaller than its window."""
         items = self._items(self.max_images)
         if not items:
             return {}
-        psnrs, ssims, maes = [], [], []
-        for item in items:
-            pred = metrics_lib.output_to_image(self._run(g_params, frozen, item["lq"]), "1.x")
-            gt = item["gt"].astype(np.float32)
-            psnrs.append(metrics_lib.psnr(gt, pred))
-            maes.append(metrics_lib.mae(gt, pred))
-            if min(gt.shape[:2]) >= 11:
-                ssims.append(metrics_lib.ssim(gt, pred))
-        res = {"psnr": float(metrics_lib.average(psnrs)), "mae": float(metrics_lib.average(maes))}
-        if ssims:
-            res["ssim"] = float(metrics_lib.average(ssims))
-        return res
+        small = any(min(it["gt"].shape[:2]) < metrics_lib.SSIM_WINDOW for it in items)
+        acc = metrics_lib.MetricAccumulator("1.x", metric_names=("PSNR", "MAE") if small else metrics_lib.METRIC_NAMES)
+        for i, item in enumerate(items):
+            acc.add(str(i), self._run(g_params, frozen, item["lq"]), item["gt"])
+        return {k.lower(): v for k, v in acc.summary()["mean"].items()}
 
     def grid(self, g_params: Any, frozen: Any, n: int = 4) -> np.ndarray | None:
         items = self._items(n)
@@ -344,37 +308,7 @@ def export_model(path: Path, cfg: ConfigDict, g: Any, state: Any, frozen: dict, 
                               "channel_multiplier": cfg.model.channel_multiplier,
                               "fp16_enabled": cfg.model.fp16_enabled},
             "source": source}
-    if jax.process_count() == 1:
-        save_model(path, meta, variables, overwrite=True)
-    else:
-        _save_model_primary_only(path, meta, variables)
-
-
-def _save_model_primary_only(path: Path, meta: dict, variables: dict) -> None:
-    """``glean_jax.checkpoint.save_model`` for process 0 of a multi-process run: the same directory layout,
-    written atomically, but orbax told that only this process takes part (its default waits for all processes)."""
-    import shutil
-    import tempfile
-
-    import orbax.checkpoint as ocp
-
-    from glean_jax import checkpoint as ckpt
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent))
-    try:
-        (tmp / ckpt.META_FILE).write_text(json.dumps({"format": ckpt.FORMAT, "version": ckpt.VERSION, **meta},
-                                                     indent=2, sort_keys=True))
-        opts = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0},
-                                                  barrier_sync_key_prefix=f"export_{path.name}")
-        with ocp.StandardCheckpointer(multiprocessing_options=opts) as ckptr:
-            ckptr.save((tmp / ckpt.VARS_DIR).resolve(), variables)
-            ckptr.wait_until_finished()
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_model(path, meta, variables, overwrite=True, only_this_process=jax.process_count() > 1)
 
 
 _JIT_CACHE: dict[Any, Any] = {}
@@ -391,14 +325,10 @@ def _cached(key: Any, build: Any) -> Any:
 
 
 def cached_init(kind: str, module: Any) -> Any:
-    """Jitted ``module.init`` (the same variables as ``glean_jax.models.build.init_variables``)."""
-    from glean_jax.models.build import example_input
+    """:func:`glean_jax.models.build.init_fn`, compiled once per process for a module."""
+    from glean_jax.models.build import init_fn
 
-    def build() -> Any:
-        return runtime.jit(lambda rng: module.init({"params": rng, "noise": jax.random.fold_in(rng, 1)},
-                                               *example_input(kind, module, 1)))
-
-    return _cached(("init", kind, repr(module)), build)
+    return _cached(("init", kind, repr(module)), lambda: init_fn(kind, module))
 
 
 def _compiled_flops(compiled: Any) -> float | None:
@@ -423,9 +353,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     validate_config(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     mesh = step_lib.make_mesh(config)
     g, d = step_lib.build_modules(config)
     from glean_jax.data.loader import make_train_iterator, to_global_batch
@@ -435,6 +362,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
 
     t0 = time.time()
     gv, d_params, vgg, info = initial_weights(config, g, d)
+    if is_main:   # only now: a config whose data or weights do not load leaves no run folder behind
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     trainable, bank_params = step_lib.split_glean_params(gv["params"])
     frozen_host = {"bank": {"params": bank_params, "buffers": gv["buffers"][step_lib.BANK]}, "vgg": vgg}
     frozen_sharding = step_lib.tree_shardings(frozen_host, mesh, config)

@@ -1,4 +1,5 @@
-"""The GLEAN training state and ONE jitted, sharded G/D train step, equal to mmagic's ``SRGAN.train_step`` (spec §5.1).
+"""The GLEAN training state and ONE jitted, sharded G/D train step, equal to mmagic's ``SRGAN.train_step``
+(``mmagic/models/editors/srgan/srgan.py``).
 
 Per step (both networks updated every step, ``disc_steps=1``):
 

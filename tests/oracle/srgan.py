@@ -18,7 +18,7 @@ LR scheduler is not stepped: a constant lr). :func:`pack` builds ``data`` exactl
 name); :func:`to_ours` converts an SRGAN state_dict with the product's converters.
 
 The perceptual loss's VGG16 comes from ``torchvision.models.vgg`` as mmagic's ``PerceptualVGG`` asks for it (the
-oracle's stand-in when torchvision is absent, see :mod:`tests.oracle.mmagic_oracle`); its weights are overwritten.
+oracle's stand-in when torchvision is absent, see :mod:`glean_jax.mmagic_reference`); its weights are overwritten.
 One more import shim, scoped to :func:`folder_batches`: NumPy 2's missing ``np.bool8`` alias (see
 :func:`_import_loading`).
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.oracle import mmagic_oracle as mo
+from glean_jax import mmagic_reference as mo
 
 # Modules whose import registers what the SRGAN model dict and the optimizer dict name.
 _REGISTERING = (
