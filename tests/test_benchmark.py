@@ -65,7 +65,7 @@ def test_analytic_forward_equals_traced_convolutions():
 
 
 def test_traced_flops_of_a_conv_gradient_count_one_backend_branch():
-    """``ops.conv``'s backward is a ``lax.platform_dependent`` choice (CPU formulation / native): the traced count
+    """``conv.conv``'s backward is a ``lax.platform_dependent`` choice (CPU formulation / native): the traced count
     takes one branch, so forward + input gradient + weight gradient = 3x the forward."""
     from glean_jax.models import ops
 

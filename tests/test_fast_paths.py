@@ -4,13 +4,13 @@ Not timed. The jaxprs are traced on abstract shapes (nothing is computed for the
 
 * StyleGAN2 modulated convs: input-scale form (no grouped conv, ``feature_group_count == 1``) and the up-conv by
   phase decomposition (no lhs-dilated / transposed conv in the forward).
-* ``ops.conv``'s hand-written backward: every conv of the gradient is a canonical-layout forward conv (no lhs- or
+* ``conv.conv``'s hand-written backward: every conv of the gradient is a canonical-layout forward conv (no lhs- or
   kernel-dilated, grouped or transposed-layout conv, which XLA:CPU runs through its slow generic emitter); the weight
   gradient keeps no per-tap copies of the input (XLA's memory accounting); exact against autodiff. A conv with few
   output channels runs as matrix products on CPU, forward and backward.
 * Exactness against mmagic's grouped per-sample-weight formulation (forward and up-conv).
 * The RRDB trunk is one ``lax.scan`` over the blocks' stacked parameters (compile time), equal to the unrolled loop.
-* The perceptual loss's VGG16 convs go through ``ops.conv``: its gradient's first-conv input gradient (3 -> 64 ch) is
+* The perceptual loss's VGG16 convs go through ``conv.conv``: its gradient's first-conv input gradient (3 -> 64 ch) is
   matrix products on CPU, and the frozen VGG's weight gradients are not computed. Its 2x2 max pool keeps an int8
   index for the backward (no reduce-window argmax over int32 index maps) and the FIR blur's backward is its adjoint
   filter; both exact against autodiff.
@@ -30,6 +30,7 @@ from jax import lax
 
 from glean_jax import losses
 from glean_jax.benchmark import iter_eqns
+from glean_jax.models import conv as conv_lib
 from glean_jax.models import ops
 from glean_jax.models.build import variable_shapes
 from glean_jax.models.fir import _fir, fir_filter
@@ -148,7 +149,7 @@ def test_conv_weight_gradient_needs_no_copy_per_tap():
 
 
 def test_conv_vjp_equals_autodiff_of_lax_conv():
-    """``ops.conv``'s hand-written backward (phase-decomposed input gradient, weight gradient as canonical-layout
+    """``conv.conv``'s hand-written backward (phase-decomposed input gradient, weight gradient as canonical-layout
     convs, one per input phase) against JAX's autodiff of ``lax.conv_general_dilated``: strides 1-3, kernels 1-5,
     paddings, odd sizes. The GPU/TPU branch (autodiff's transposed convs) likewise."""
     rng = np.random.default_rng(0)
@@ -164,12 +165,12 @@ def test_conv_vjp_equals_autodiff_of_lax_conv():
 
         def ref_f(x, w, st=st, p=p):
             return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (st, st), ((p, p), (p, p)),
-                                                            dimension_numbers=ops.DIMENSION_NUMBERS)))
+                                                            dimension_numbers=conv_lib.DIMENSION_NUMBERS)))
 
         ours, ref = jax.grad(ours_f, (0, 1))(x, w), jax.grad(ref_f, (0, 1))(x, w)
         # the other backends' branch, run here directly, for the same output gradient
         y = ops.conv2d(x, w, st, p)
-        native = ops.conv_backward_native(x, w, jnp.cos(y), stride=st, pad_h=p, pad_w=p)
+        native = conv_lib.conv_backward_native(x, w, jnp.cos(y), stride=st, pad_h=p, pad_w=p)
         for a, b, c in zip(ours, ref, native, strict=True):
             assert a.shape == b.shape == c.shape
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5, err_msg=str((h, k, p, st)))
@@ -195,7 +196,7 @@ def test_conv_gradient_under_vmap_on_a_sharded_mesh():
 
         ours = functools.partial(loss, conv=lambda x, w, st=st, p=p: ops.conv2d(x, w, st, p))
         ref = functools.partial(loss, conv=lambda x, w, st=st, p=p: lax.conv_general_dilated(
-            x, w, (st, st), ((p, p), (p, p)), dimension_numbers=ops.DIMENSION_NUMBERS))
+            x, w, (st, st), ((p, p), (p, p)), dimension_numbers=conv_lib.DIMENSION_NUMBERS))
         want = jax.jit(jax.grad(ref, (0, 1)))(x, w)
         got = jax.jit(jax.grad(ours, (0, 1)))(jax.device_put(x, NamedSharding(mesh, P("data"))),
                                                 jax.device_put(w, NamedSharding(mesh, P(None, None, None, "model"))))
@@ -208,20 +209,21 @@ def test_narrow_conv_is_matrix_products_on_cpu_and_exact():
     backward -- no conv in its CPU lowering, the plain conv in its CUDA one -- with the values of autodiff of
     ``lax.conv_general_dilated`` (kernels 3 and 5, paddings 0 to k-1, odd sizes, and under a sharded vmap). The
     input gradient of a conv with few input channels (VGG16's first) takes the same path."""
-    assert ops.is_narrow((3, 3, 64, 3), 1)
-    assert not ops.is_narrow((3, 3, 160, 32), 1) and not ops.is_narrow((3, 3, 64, 3), 2)
-    assert not ops.is_narrow((1, 1, 64, 3), 1)
-    assert not ops.is_narrow((2, 1, 64, 32), 1)     # an up-conv phase: XLA's conv is faster (benchmarks/README.md)
+    assert conv_lib.is_narrow((3, 3, 64, 3), 1)
+    assert not conv_lib.is_narrow((3, 3, 160, 32), 1) and not conv_lib.is_narrow((3, 3, 64, 3), 2)
+    assert not conv_lib.is_narrow((1, 1, 64, 3), 1)
+    assert not conv_lib.is_narrow((2, 1, 64, 32), 1)     # an up-conv phase: XLA's conv is faster (benchmarks/README.md)
     rng = np.random.default_rng(5)
     # forward narrow, then input gradient narrow (few input channels: the gradient is a conv back to them)
     for h, w_, ci, co, k, p in ((7, 5, 20, 2, 3, 1), (9, 8, 30, 1, 5, 2), (8, 7, 12, 1, 3, 0), (6, 9, 10, 1, 3, 2),
                                 (10, 10, 64, 3, 3, 1), (7, 6, 2, 20, 3, 1), (9, 8, 1, 30, 5, 2), (8, 7, 1, 12, 3, 0)):
-        assert ops.is_narrow((k, k, ci, co), 1) != ops.is_narrow((k, k, co, ci), 1)
+        assert conv_lib.is_narrow((k, k, ci, co), 1) != conv_lib.is_narrow((k, k, co, ci), 1)
         x = jnp.asarray(rng.standard_normal((2, h, w_, ci)), jnp.float32)
         w = jnp.asarray(rng.standard_normal((k, k, ci, co)) / np.sqrt(k * k * ci), jnp.float32)
 
         def ref_conv(x, w, p=p):
-            return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=ops.DIMENSION_NUMBERS)
+            return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)),
+                                            dimension_numbers=conv_lib.DIMENSION_NUMBERS)
 
         ours = jax.jit(lambda x, w, p=p: ops.conv2d(x, w, 1, p))
         np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(ref_conv(x, w)), rtol=0, atol=2e-6)
@@ -253,7 +255,7 @@ def test_narrow_conv_is_matrix_products_on_cpu_and_exact():
         return jnp.sum(jnp.sin(jax.vmap(lambda xi: conv(xi, w))(x.reshape((2, 4) + x.shape[1:]))))
 
     want = jax.jit(jax.grad(functools.partial(loss, conv=lambda x, w: lax.conv_general_dilated(
-        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=ops.DIMENSION_NUMBERS)), (0, 1)))(xs, ws)
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=conv_lib.DIMENSION_NUMBERS)), (0, 1)))(xs, ws)
     got = jax.jit(jax.grad(functools.partial(loss, conv=lambda x, w: ops.conv2d(x, w, 1, 1)), (0, 1)))(
         jax.device_put(xs, NamedSharding(mesh, P("data"))), jax.device_put(ws, NamedSharding(mesh, P())))
     for a, b in zip(got, want, strict=True):
@@ -271,10 +273,10 @@ def _grouped_modconv(x, w, s, upsample):
         # transposed conv, stride 2, pad 0: lhs-dilated conv with the spatially flipped kernel, full padding
         wg = jnp.transpose(wn[:, ::-1, ::-1], (1, 2, 3, 0, 4)).reshape(3, 3, cin, n * cout)
         y = lax.conv_general_dilated(xg, wg, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
-                                     dimension_numbers=ops.DIMENSION_NUMBERS, feature_group_count=n)
+                                     dimension_numbers=conv_lib.DIMENSION_NUMBERS, feature_group_count=n)
     else:
         wg = jnp.transpose(wn, (1, 2, 3, 0, 4)).reshape(3, 3, cin, n * cout)
-        y = lax.conv_general_dilated(xg, wg, (1, 1), ((1, 1), (1, 1)), dimension_numbers=ops.DIMENSION_NUMBERS,
+        y = lax.conv_general_dilated(xg, wg, (1, 1), ((1, 1), (1, 1)), dimension_numbers=conv_lib.DIMENSION_NUMBERS,
                                      feature_group_count=n)
     y = jnp.transpose(y.reshape(1, y.shape[1], y.shape[2], n, cout), (3, 1, 2, 4, 0))[..., 0]
     if upsample:
@@ -337,7 +339,7 @@ def test_rrdb_trunk_is_one_scan_and_equals_the_unrolled_blocks():
 
 
 def test_perceptual_loss_gradient_takes_the_fast_conv_paths_on_cpu():
-    """The perceptual loss's gradient w.r.t. the prediction, lowered for CPU: VGG16's convs are ``ops.conv``'s, so
+    """The perceptual loss's gradient w.r.t. the prediction, lowered for CPU: VGG16's convs are ``conv.conv``'s, so
     every conv is a canonical-layout forward conv and the input gradient of the first conv (3 -> 64 ch, a conv back
     to 3 channels) is matrix products -- no conv with the (3, 3, 64, 3) kernel, nor any conv producing 3 channels
     (``flax.linen.Conv``'s autodiff had one). Compiled, the frozen VGG's weight gradients are gone (XLA drops them):
@@ -374,7 +376,7 @@ def test_perceptual_loss_gradient_takes_the_fast_conv_paths_on_cpu():
                 if layer[0] == "conv":
                     p = params[f"features_{idx}"]
                     x = lax.conv_general_dilated(x, p["kernel"], (1, 1), ((1, 1), (1, 1)),
-                                                 dimension_numbers=ops.DIMENSION_NUMBERS) + p["bias"]
+                                                 dimension_numbers=conv_lib.DIMENSION_NUMBERS) + p["bias"]
                 elif layer[0] == "relu":
                     x = jax.nn.relu(x)
                 else:

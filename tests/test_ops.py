@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glean_jax.models import conv as conv_lib
 from glean_jax.models import ops
 from tests.oracle import module_or_skip
 
@@ -37,7 +38,7 @@ def test_conv_transpose_s2_gradients_equal_lax():
 
     def ref(x, k):  # XLA's transposed conv (slow to differentiate on CPU; fine at this size)
         return jax.lax.conv_transpose(x, k[::-1, ::-1], (2, 2), ((2, 2), (2, 2)),
-                                      dimension_numbers=ops.DIMENSION_NUMBERS)
+                                      dimension_numbers=conv_lib.DIMENSION_NUMBERS)
 
     np.testing.assert_allclose(ops.conv_transpose_s2(x, k), ref(x, k), atol=1e-5)
     g1 = jax.grad(lambda x, k: jnp.sum(jnp.sin(ops.conv_transpose_s2(x, k))), argnums=(0, 1))(x, k)

@@ -5,7 +5,7 @@ keeps no ordering), and its sequential scheduler is free to run any op as soon a
 consequences in the train step, seen in the compiled step's live ranges (``--xla_dump_to``, ``*-live-range.txt``):
 
 * the weight gradient of a conv needs only the conv's input, so the copies of it that the gradient reads
-  (transposed, padded: :func:`glean_jax.models.ops.conv`'s CPU backward) were made in the *forward* pass and held
+  (transposed, padded: :func:`glean_jax.models.conv.conv`'s CPU backward) were made in the *forward* pass and held
   until the backward reached the conv;
 * the recomputation of a ``jax.checkpoint`` block needs only the block's saved inputs, so it was hoisted into the
   forward pass too -- the block's activations were then kept twice instead of not at all.

@@ -18,8 +18,9 @@ size down (torch's ``MaxPool2d(2, 2)``, ``ceil_mode=False``). Parameters are nam
 (``features_0``, ``features_2``, ...), kernels HWIO float32; :mod:`convert.torchvision_vgg16` writes them.
 
 The convs run through :func:`glean_jax.models.ops.conv2d` (the same values as ``lax.conv_general_dilated``), so the
-perceptual loss's backward takes that op's CPU formulations: every input gradient a canonical-layout forward conv,
-and the first conv's (3 -> 64 channels, whose input gradient has 3) as matrix products (:func:`ops.is_narrow`).
+perceptual loss's backward takes the CPU formulations of :mod:`glean_jax.models.conv`: every input gradient a
+canonical-layout forward conv, and the first conv's (3 -> 64 channels, whose input gradient has 3) as matrix
+products (``is_narrow``).
 """
 
 from __future__ import annotations
