@@ -8,11 +8,7 @@ Needs ``data/cat_train/{BIx16_down,GT}`` + ``meta_info_LSUNcat_GT.txt``, ``data/
 ``meta_info_Cat100_GT.txt``, ``pretrained/stylegan2_cat256`` and ``pretrained/vgg16`` (see configs/cat_x8.py).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import STYLEGAN2_CAT, seed_config  # noqa: E402
+from glean_jax.training.recipes import STYLEGAN2_CAT, seed_config
 
 
 def get_config():

@@ -14,11 +14,7 @@ Needs the folders and meta files of the dataloaders of mmagic's ``glean_x8_2xb8_
     python -m convert.torchvision_vgg16 vgg16-397923af.pth pretrained/vgg16
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import STYLEGAN2_CAT, seed_config  # noqa: E402
+from glean_jax.training.recipes import STYLEGAN2_CAT, seed_config
 
 
 def get_config():

@@ -12,11 +12,7 @@ Needs ``data/FFHQ_CelebAHQ/GT`` (whole folder), ``data/CelebA-HQ/{BIx8_down,GT}`
 configs/ffhq_x16.py).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import STYLEGAN2_FFHQ, seed_config  # noqa: E402
+from glean_jax.training.recipes import STYLEGAN2_FFHQ, seed_config
 
 
 def get_config():

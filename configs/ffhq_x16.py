@@ -12,11 +12,7 @@ Needs ``data/ffhq/{BIx16_down,images}`` + ``meta_info_FFHQ_GT.txt``, ``data/Cele
     python -m convert.torchvision_vgg16 vgg16-397923af.pth pretrained/vgg16
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import STYLEGAN2_FFHQ, seed_config  # noqa: E402
+from glean_jax.training.recipes import STYLEGAN2_FFHQ, seed_config
 
 
 def get_config():

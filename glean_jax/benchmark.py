@@ -689,9 +689,9 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    from glean_jax.evaluate_model import split_config_overrides
+    from glean_jax.config_cli import split_overrides
 
-    rest, overrides = split_config_overrides(argv)
+    rest, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(prog="python -m glean_jax.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training config file (configs/*.py); --config.a.b=v overrides")
     p.add_argument("--mode", default="both",
@@ -713,7 +713,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 
 
 def main(argv: Sequence[str]) -> int:
-    from glean_jax.evaluate_model import apply_overrides, load_config_file
+    from glean_jax.config_cli import load_config
     from glean_jax.training.config import validate_config
 
     if argv and argv[0] == "summarize":
@@ -728,7 +728,7 @@ def main(argv: Sequence[str]) -> int:
         raise UserError(f"--peak-size {args.peak_size}: expected a matrix size >= 64")
     if args.repeats < 1 or args.warmup < 0:
         raise UserError(f"--repeats {args.repeats} / --warmup {args.warmup}: expected repeats >= 1, warmup >= 0")
-    cfg = apply_overrides(load_config_file(args.config), overrides)
+    cfg = load_config(args.config, overrides)
     cfg.pretrained.allow_random = True
     cfg.data.source = "synthetic"
     cfg.precision = args.dtype

@@ -327,10 +327,10 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from glean_jax import evaluate_model
+    from glean_jax import config_cli, evaluate_model
 
     parser = build_parser()
-    rest, overrides = evaluate_model.split_config_overrides(sys.argv[1:] if argv is None else argv)
+    rest, overrides = config_cli.split_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(rest)
     pred_mode = args.pred_dir is not None or args.gt_dir is not None
     model_mode = args.checkpoint is not None or args.config is not None

@@ -8,140 +8,22 @@ the default; 0.x: rounded to uint8) and scored against the GT by the same
 classes, mean = mmagic's average).
 
 Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (``configs/*.py``);
-``CFG:ARG`` calls ``get_config(ARG)``. Fields are overridden as with ``ml_collections.config_flags``:
-``--config.data.test_root=PATH`` or ``--config.data.test_root PATH``; an unknown field or a value of the wrong
-type is an error naming it.
+``CFG:ARG`` calls ``get_config(ARG)``. They are read as ``train`` reads them, by ``config_flags``
+(:mod:`glean_jax.config_cli`): ``--config.data.test_root=PATH`` or ``--config.data.test_root PATH``; an unknown
+field or a value of the wrong type is an error naming it.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
 from glean_jax.errors import UserError
-
-CONFIG_PREFIX = "--config."
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-# ---------------------------------------------------------------------------------------------- configs
-def load_config_file(spec: str) -> ConfigDict:
-    """Imports ``path.py`` (or ``path.py:arg``) and returns its ``get_config()`` (``get_config(arg)``)."""
-    path_text, _, arg = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
-    path = Path(path_text)
-    if not path.is_file():
-        raise UserError(f"--config {path}: no such file; expected a Python config file such as configs/cat_x8.py")
-    name = f"_glean_jax_config_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise UserError(f"--config {path}: cannot be imported; expected a Python file (.py)")
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a broken config file is the user's to fix
-        raise UserError(f"--config {path}: importing it failed ({type(e).__name__}: {e})") from e
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise UserError(f"--config {path}: has no get_config(); expected a function returning a ConfigDict")
-    config = get_config(arg) if arg else get_config()
-    if not isinstance(config, ConfigDict):
-        raise UserError(f"--config {path}: get_config() returned {type(config).__name__}; expected a ConfigDict")
-    return config
-
-
-def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Separates ``--config.a.b=v`` / ``--config.a.b v`` from the other arguments: (rest, [(a.b, v), ...])."""
-    rest: list[str] = []
-    overrides: list[tuple[str, str]] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a.startswith(CONFIG_PREFIX):
-            key, eq, value = a[len(CONFIG_PREFIX):].partition("=")
-            if not eq:
-                if i + 1 >= len(args):
-                    raise UserError(f"{a}: no value; expected {a}=VALUE")
-                value = args[i + 1]
-                i += 1
-            if not key:
-                raise UserError(f"{a}: no field name; expected --config.FIELD=VALUE")
-            overrides.append((key, value))
-        else:
-            rest.append(a)
-        i += 1
-    return rest, overrides
-
-
-def _parse_value(text: str, kind: type | None, nullable: bool, where: str) -> Any:
-    if kind is bool:
-        low = text.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise UserError(f"{where}={text!r}: expected true or false")
-    if text == "None" and (nullable or kind is None):
-        return None
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise UserError(f"{where}={text!r}: expected an integer") from None
-    if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise UserError(f"{where}={text!r}: expected a number") from None
-    if kind is str:
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if kind in (tuple, list, dict):
-            raise UserError(f"{where}={text!r}: expected a Python {kind.__name__} literal") from None
-        return text
-    if kind in (tuple, list) and isinstance(value, (tuple, list)):
-        return kind(value)
-    return value
-
-
-def apply_overrides(config: ConfigDict, overrides: Sequence[tuple[str, str]], source: str = "config") -> ConfigDict:
-    """Sets each dotted field from its text (typed like the field's current value); unknown fields are errors."""
-    for key, text in overrides:
-        parts = key.split(".")
-        node: Any = config
-        for depth, part in enumerate(parts):
-            where = "config." + ".".join(parts[:depth + 1])
-            if not isinstance(node, ConfigDict) or part not in node:
-                parent = "config" + "".join("." + p for p in parts[:depth])
-                known = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else ""
-                raise UserError(f"--config.{key}: {source} has no field {where}"
-                                + (f"; expected one of the fields of {parent}: {known}" if known else ""))
-            if depth < len(parts) - 1:
-                node = node[part]
-        leaf = parts[-1]
-        where = f"--config.{key}"
-        if isinstance(node[leaf], ConfigDict):
-            raise UserError(f"{where}: is a group of fields; expected a leaf such as {where}.{next(iter(node[leaf]))}")
-        # None is accepted for fields that are None now or were declared as placeholders (nullable references).
-        nullable = node[leaf] is None or isinstance(getattr(node, "_fields", {}).get(leaf), config_dict.FieldReference)
-        value = _parse_value(text, node.get_type(leaf), nullable, where)
-        try:
-            node[leaf] = value
-        except (TypeError, ValueError) as e:
-            raise UserError(f"{where}={text!r}: {e}") from None
-    return config
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -218,10 +100,10 @@ def evaluate_checkpoint(ckpt_dir: str | Path, config: ConfigDict, accumulator: A
 
 def run(args: Any, overrides: Sequence[tuple[str, str]]) -> Any:
     """The ``--checkpoint`` mode of :func:`glean_jax.evaluate.main` (``args`` from its parser)."""
+    from glean_jax.config_cli import load_config
     from glean_jax.metrics import MetricAccumulator
 
-    config = load_config_file(args.config)
-    apply_overrides(config, overrides, args.config)
+    config = load_config(args.config, overrides)
     acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
     evaluate_checkpoint(args.checkpoint, config, acc, cfg_name=args.config, batch_size=args.batch_size,
                         dtype=args.dtype, save_images=args.save_images)

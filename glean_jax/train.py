@@ -35,6 +35,9 @@ flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
 
 def parse_args(argv: Sequence[str]) -> ConfigDict:
     """Parses ``argv`` (without the program name) into FLAGS; returns the config. Every problem is one UserError."""
+    from glean_jax.config_cli import forget_loaded_config
+
+    forget_loaded_config()
     try:
         FLAGS(["glean_jax.train", *argv])
     except flags.UnrecognizedFlagError as e:

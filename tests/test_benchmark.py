@@ -148,7 +148,8 @@ def test_cli_remat_override_recorded_and_summarize_reads_old_reports(tmp_path, c
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize("mode", ["infer", pytest.param("both", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["infer", "both"])
 def test_cli_tiny_against_mmagic(tmp_path, mode):
     """Inference by default; both modes (the PyTorch train step too, ~2 min here) with ``-m slow``."""
     pytest.importorskip("mmagic")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from glean_jax import train
 from glean_jax.errors import UserError
 from glean_jax.training.config import base_config, mesh_shape, validate_config
 
@@ -32,11 +33,19 @@ FP16 = ("cat_x8", "ffhq_x16", "ffhq_in128_out1024")   # mmagic has no cat x16 fp
 
 
 def load(path: Path):
+    """The config of ``path``, read as its own first docstring line, the command that runs it, reads it:
+    ``python -m glean_jax.train --config configs/NAME.py --workdir DIR`` through ``glean_jax.train.parse_args``
+    (ml_collections ``config_flags``); it equals ``get_config()`` of the file imported directly."""
     spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.__doc__.startswith(f"python -m glean_jax.train --config configs/{path.name} --workdir ")
-    return mod.get_config()
+    cmd = mod.__doc__.splitlines()[0].split()
+    assert cmd[:5] == ["python", "-m", "glean_jax.train", "--config", f"configs/{path.name}"], cmd
+    assert cmd[5] == "--workdir" and len(cmd) == 7, cmd
+    cfg = train.parse_args(["--config", str(ROOT / cmd[4]), *cmd[5:]])
+    assert train.FLAGS.workdir == cmd[6]
+    assert cfg.to_dict() == mod.get_config().to_dict()
+    return cfg
 
 
 def test_all_config_files_present():

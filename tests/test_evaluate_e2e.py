@@ -12,14 +12,15 @@ classes' ``process`` + ``compute_metrics``. Ours: ``python -m glean_jax.evaluate
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from glean_jax import config_cli
 from glean_jax import evaluate as ev
-from glean_jax import evaluate_model as em
 from glean_jax.errors import UserError, run_cli
 
 IN, OUT = 16, 64
@@ -156,24 +157,27 @@ def test_evaluate_checkpoint_equals_mmagic(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ configs, errors
 def test_overrides_are_typed_and_checked(tmp_path):
-    cfg = em.load_config_file(str(_config_file(tmp_path / "cfg.py")))
-    rest, ov = em.split_config_overrides(["--json", "x", "--config.data.in_size=16", "--config.ratio", "0.25",
-                                          "--config.flag=true", "--config.sizes=(3, 4)",
-                                          "--config.data.test_meta_info=m.txt", "--config.data.test_root=a=b"])
+    """``config_cli``: overrides typed by the field (as ``config_flags`` types them), ``=None`` for a field that may
+    be None, and one line naming the field or the expected type for every bad one."""
+    cfg_path = str(_config_file(tmp_path / "cfg.py"))
+    rest, ov = config_cli.split_overrides(["--json", "x", "--config.data.in_size=16", "--config.ratio", "0.25",
+                                           "--config.flag=true", "--config.sizes=(3, 4)",
+                                           "--config.data.test_meta_info=m.txt", "--config.data.test_root=a=b"])
     assert rest == ["--json", "x"]
-    em.apply_overrides(cfg, ov)
+    cfg = config_cli.load_config(cfg_path, ov)
     assert (cfg.data.in_size, cfg.ratio, cfg.flag, cfg.sizes) == (16, 0.25, True, (3, 4))
     assert cfg.data.test_meta_info == "m.txt" and cfg.data.test_root == "a=b"
-    em.apply_overrides(cfg, [("data.test_meta_info", "None")])
-    assert cfg.data.test_meta_info is None
-    bad = [("data.nope", "1", "no field config.data.nope"), ("nope.x", "1", "no field config.nope"),
-           ("data.in_size", "abc", "expected an integer"), ("flag", "maybe", "expected true or false"),
+    assert config_cli.load_config(cfg_path, [("data.test_meta_info", "None")]).data.test_meta_info is None
+    bad = [("data.nope", "1", "no field config.data.nope; expected one of the fields of config.data: "),
+           ("nope.x", "1", "no field config.nope"), ("data.in_size", "abc", "expected an integer"),
+           ("flag", "maybe", "expected true or false"), ("ratio", "x", "expected a number"),
            ("data", "1", "is a group of fields"), ("data.in_size.x", "1", "no field config.data.in_size.x")]
     for key, value, msg in bad:
-        with pytest.raises(UserError, match=msg):
-            em.apply_overrides(cfg, [(key, value)], "cfg.py")
+        with pytest.raises(UserError, match=re.escape(msg)) as e:
+            config_cli.load_config(cfg_path, [(key, value)])
+        assert f"--config.{key}" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="no value"):
-        em.split_config_overrides(["--config.data.in_size"])
+        config_cli.split_overrides(["--config.data.in_size"])
 
 
 def _fake_checkpoint(path: Path, in_size: int = IN, out_size: int = OUT) -> Path:
@@ -231,13 +235,14 @@ def test_repo_configs_load(tmp_path, capsys):
     for cfg in configs:
         if cfg.name.startswith("_"):
             continue
-        config = em.load_config_file(str(cfg))
+        config = config_cli.load_config(str(cfg))
         assert "data" in config and "in_size" in config.data, cfg
         rc = run_cli(ev.main, ["--checkpoint", str(ckpt), "--config", str(cfg)])
         err = capsys.readouterr().err
         assert rc == 2 and "model is 3->12" in err, (cfg, err)
 
 
+@pytest.mark.slow
 def test_training_evaluation_equals_evaluate_cli(tmp_path):
     """Training's periodic evaluation and ``python -m glean_jax.evaluate --checkpoint WORKDIR/model --config`` give
     the same means on the same model and test set: both score with one ``MetricAccumulator``; only the two
