@@ -24,8 +24,6 @@ def get_config() -> ConfigDict:
     c.model.mbstd_shards = 1
     c.pretrained.allow_random = True
     c.data.source = "synthetic"
-    c.data.in_size = 4
-    c.data.out_size = 16
     c.data.synthetic_size = 64
     c.data.synthetic_test_size = 8
     c.data.num_threads = 2

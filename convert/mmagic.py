@@ -24,8 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from convert import glean_rules, mapping
-from convert.stylegan2_rules import infer_discriminator_arch, infer_generator_arch
+from convert import mapping
+from convert.glean_rules import glean_table, infer_glean_arch
+from convert.stylegan2_rules import (
+    discriminator_table,
+    generator_table,
+    infer_discriminator_arch,
+    infer_generator_arch,
+)
 from convert.torch_io import load_torch_state
 from glean_jax.checkpoint import prepare_output_dir, save_model
 from glean_jax.errors import UserError, cli_entry
@@ -45,20 +51,22 @@ def _strip(state: dict, prefix: str) -> dict:
 
 def convert_generator(state: dict, source: str) -> tuple[dict, dict]:
     arch = infer_generator_arch(state, source)
-    return arch, mapping.torch_to_flax(state, mapping.GENERATOR_RULES, _expected("stylegan2_generator", arch), source)
+    return arch, mapping.torch_to_flax(state, generator_table(arch["out_size"], arch["num_mlps"]),
+                                       _expected("stylegan2_generator", arch), source)
 
 
 def convert_discriminator(state: dict, source: str) -> tuple[dict, dict]:
     arch = infer_discriminator_arch(state, source)
-    return arch, mapping.torch_to_flax(state, mapping.DISCRIMINATOR_RULES,
+    return arch, mapping.torch_to_flax(state, discriminator_table(arch["in_size"]),
                                        _expected("stylegan2_discriminator", arch), source)
 
 
 def convert_glean(state: dict, source: str) -> tuple[dict, dict]:
     """A bare GLEANStyleGANv2 state_dict -> (arch, variables)."""
 
-    arch = glean_rules.infer_glean_arch(state, source)
-    return arch, mapping.torch_to_flax(state, glean_rules.glean_rules(arch), _expected("glean", arch), source)
+    arch = infer_glean_arch(state, source)
+    return arch.to_dict(), mapping.torch_to_flax(state, glean_table(arch), _expected("glean", arch.to_dict()),
+                                                 source)
 
 
 def detect(state: dict) -> str:

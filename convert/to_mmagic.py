@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from convert import mapping
-from convert.glean_rules import glean_kernel_keys, glean_rules
+from convert.glean_rules import key_table
 from convert.torch_io import save_torch_state
 from glean_jax.checkpoint import load_model
 from glean_jax.errors import UserError, cli_entry
@@ -25,15 +25,7 @@ from glean_jax.errors import UserError, cli_entry
 
 def module_state(kind: str, arch: dict, variables: dict) -> dict[str, np.ndarray]:
     """Our variables of one module -> its mmagic state_dict (FIR kernel buffers regenerated)."""
-    if kind == "glean":
-        return mapping.flax_to_torch(variables, glean_rules(arch), glean_kernel_keys(arch))
-    if kind == "stylegan2_generator":
-        return mapping.flax_to_torch(variables, mapping.GENERATOR_RULES,
-                                     mapping.generator_kernel_keys(int(arch["out_size"])))
-    if kind == "stylegan2_discriminator":
-        return mapping.flax_to_torch(variables, mapping.DISCRIMINATOR_RULES,
-                                     mapping.discriminator_kernel_keys(int(arch["in_size"])))
-    raise UserError(f"cannot convert a model of kind {kind!r} to mmagic")
+    return mapping.flax_to_torch(variables, key_table(kind, arch))
 
 
 def checkpoint_state(meta: dict, variables: dict, fmt: str = "bare") -> dict[str, np.ndarray]:

@@ -14,7 +14,10 @@ Accepted sources (detected from the keys):
 Only ``features[:22]`` (up to conv4_3, the layer GLEAN's perceptual loss uses) is kept; the deeper convs
 (24, 26, 28) are shape-checked and dropped, the classifier is dropped by name. Every other key is an error, as is a
 missing key or a wrong shape. The output is ``OUT_DIR/model.json`` (``kind: vgg16``) and the orbax variables
-``{'vgg': {'params': {'features_<idx>': {'kernel': HWIO, 'bias'}}}}`` in float32; it is written atomically.
+``{'vgg': {'params': {'conv1_1': {'kernel': HWIO, 'bias'}, 'conv1_2': ..., 'conv4_3': ...}}}`` in float32, each
+torch ``<prefix><idx>.weight/bias`` under the standard VGG name of conv ``idx``
+(:data:`glean_jax.models.vgg.VGG16_CONV_NAMES`: 0 -> ``conv1_1``, 2 -> ``conv1_2``, ..., 21 -> ``conv4_3``); it is
+written atomically.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from glean_jax.models.vgg import (
     IMAGENET_STD,
     PERCEPTUAL_LAYER,
     VGG16_CONV_INDICES,
+    conv_name,
     conv_shape_torch,
 )
 
@@ -45,10 +49,11 @@ CLASSIFIER_KEYS = tuple(f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weig
 
 
 def key_table(prefix: str) -> list[tuple[str, str | None, str, tuple[int, ...]]]:
-    """``(source key, destination layer or None if dropped, 'weight'|'bias', torch shape)`` for every conv."""
+    """``(source key, destination layer or None if dropped, 'weight'|'bias', torch shape)`` for every conv; the
+    destination is the conv's VGG name (:func:`~glean_jax.models.vgg.conv_name`: ``conv1_1``, ...)."""
     rows = []
     for idx in VGG16_CONV_INDICES:
-        dst = f"features_{idx}" if idx <= KEEP_UP_TO else None
+        dst = conv_name(idx) if idx <= KEEP_UP_TO else None
         shape = conv_shape_torch(idx)
         rows.append((f"{prefix}{idx}.weight", dst, "weight", shape))
         rows.append((f"{prefix}{idx}.bias", dst, "bias", (shape[0],)))
@@ -125,7 +130,7 @@ def convert_state(state: dict[str, np.ndarray], src: str | Path) -> tuple[dict, 
         v = state[key]
         if tuple(v.shape) != shape:
             raise UserError(f"{src}: {key} has shape {tuple(v.shape)}; expected {shape} "
-                            f"(VGG16 conv {key.split('.')[-2]})")
+                            f"(VGG16 {conv_name(int(key.split('.')[-2]))})")
         if v.dtype.kind != "f":
             raise UserError(f"{src}: {key} has dtype {v.dtype}; expected floating-point weights")
         if dst is None:

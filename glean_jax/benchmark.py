@@ -57,9 +57,9 @@ import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from glean_jax import metrics, runtime  # noqa: E402
+from glean_jax.arch import GleanArch, stylegan2_channels  # noqa: E402
 from glean_jax.errors import UserError, cli_entry  # noqa: E402
 from glean_jax.images import atomic_write_bytes  # noqa: E402
-from glean_jax.models.stylegan2 import stylegan2_channels  # noqa: E402
 from glean_jax.models.vgg import VGG16_LAYERS  # noqa: E402
 
 MODES = ("infer", "train")
@@ -81,13 +81,11 @@ def _conv(cin: int, cout: int, k: int, h: int) -> int:
     return cin * cout * k * k * h * h
 
 
-def glean_forward_macs(in_size: int, out_size: int, num_rrdbs: int = 23, rrdb_channels: int = 64,
-                       growth_channels: int = 32, style_channels: int = 512, channel_multiplier: int = 2
-                       ) -> dict[str, int]:
+def glean_forward_macs(arch: GleanArch, growth_channels: int = 32) -> dict[str, int]:
     """MACs per image of mmagic ``GLEANStyleGANv2.forward`` by part (encoder RRDB trunk, rest of the encoder, the
     4x4 latent linear, StyleGAN2 bank, fusion convs, decoder); the dead RGB skip branch is not evaluated."""
-    ch = stylegan2_channels(channel_multiplier)
-    c, g = rrdb_channels, growth_channels
+    ch, in_size, out_size, style_channels = arch.channels, arch.in_size, arch.out_size, arch.style_channels
+    c, g, num_rrdbs = arch.rrdb_channels, growth_channels, arch.num_rrdbs
     rdb = sum(_conv(c + i * g, g, 3, in_size) for i in range(4)) + _conv(c + 4 * g, c, 3, in_size)
     parts = {"rrdb": _conv(3, c, 3, in_size) + num_rrdbs * 3 * rdb + _conv(c, c, 3, in_size)}
     enc = _conv(c, ch[in_size], 3, in_size)
@@ -97,8 +95,7 @@ def glean_forward_macs(in_size: int, out_size: int, num_rrdbs: int = 23, rrdb_ch
         res //= 2
     enc += _conv(ch[4], ch[4], 3, 4)
     parts["encoder"] = enc
-    num_styles = 2 * int(math.log2(out_size)) - 2
-    parts["latent_linear"] = 16 * ch[4] * num_styles * style_channels
+    parts["latent_linear"] = 16 * ch[4] * arch.num_latents * style_channels
     bank = _conv(ch[4], ch[4], 3, 4) + style_channels * ch[4]       # conv1 + its style modulation
     fusion = 0
     r = 4
@@ -146,8 +143,7 @@ def vgg16_macs(size: int, last_layer: int = 21) -> int:
 def model_flops(model_cfg: ConfigDict | dict) -> dict[str, float]:
     """FLOPs per image (2 x MACs): ``g_forward``, ``bank_forward``, ``d_forward``, ``vgg_forward``, ``train_step``."""
     m = model_cfg
-    parts = glean_forward_macs(int(m["in_size"]), int(m["out_size"]), int(m["num_rrdbs"]),
-                               int(m["rrdb_channels"]), 32, int(m["style_channels"]), int(m["channel_multiplier"]))
+    parts = glean_forward_macs(GleanArch.from_dict(m, "config.model"))
     g = 2.0 * sum(parts.values())
     bank = 2.0 * parts["bank"]
     d = 2.0 * discriminator_macs(int(m["out_size"]), int(m["channel_multiplier"]))
@@ -363,7 +359,7 @@ class Ours:
         """The float32 forward of the same weights and input (reference for the bfloat16 PSNR)."""
         from glean_jax.models.glean import GLEAN
 
-        g32 = GLEAN.from_arch(self.g.arch(), jnp.float32)
+        g32 = GLEAN(self.g.arch, dtype=jnp.float32)
         return np.asarray(runtime.jit(g32.apply)(self.g_vars, self.inputs(batch)["lq"]))
 
     def train_fn(self, batch: int) -> tuple[Callable[[], Any], float]:
@@ -439,8 +435,8 @@ class Mmagic:
         self.autocast = mmagic_dtype == "bfloat16"
         m = cfg.model
         self.cfg = cfg
-        self.g = mo.build_glean(m.in_size, m.out_size, seed, num_rrdbs=m.num_rrdbs,
-                                rrdb_channels=m.rrdb_channels, style_channels=m.style_channels).to(self.device)
+        arch = GleanArch.from_dict(m, "config.model")
+        self.g = mo.build_glean(arch.in_size, arch.out_size, seed, **arch.mmagic_kwargs()).to(self.device)
         self.d = mo.build_discriminator(m.out_size, seed + 1, channel_multiplier=m.channel_multiplier
                                         ).to(self.device)
 

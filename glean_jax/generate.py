@@ -6,16 +6,17 @@
 
 The first look at whether a converted FFHQ or cat bank makes faces or cats. ``DIR`` is a model directory written by
 ``python -m convert.mmagic`` from a StyleGAN2 checkpoint (kind ``stylegan2`` with a generator) or from a GLEAN
-checkpoint (kind ``glean``: its frozen bank ``generator`` is sampled).
+checkpoint (kind ``glean``: its frozen ``bank`` is sampled).
 
 Equal to mmagic ``StyleGAN2Generator.forward``: ``--seeds`` gives z_i = ``np.random.RandomState(seed).randn(1,
 style_channels)`` (the official StyleGAN2 scripts' convention); ``--z`` is an (N, C) z array; ``--w-plus`` an
 (N, num_latents, C) or (N, C) array of W latents (``input_is_latent=True``). ``--truncation T`` < 1 moves every W
-toward the mean W of ``--truncation-samples`` z drawn with ``np.random.RandomState(0)`` (mmagic's
-``truncation_latent + T * (w - truncation_latent)``; T = 1 is no truncation, as in mmagic). ``--noise fixed`` uses
-the stored ``injected_noise_*`` buffers (mmagic ``randomize_noise=False``); ``random`` draws fresh noise per batch
-from ``--noise-seed``. The grid PNG is ``x * 127.5 + 127.5``, clipped, rounded; ``--save-raw`` writes the float32
-output (N, H, W, 3), RGB, in [-1, 1], before any clipping.
+toward the mean W of ``--truncation-samples`` z, with the model's own ``StyleGAN2Generator.mean_latent`` (z =
+``jax.random.normal(jax.random.key(0), (N, C))``) and ``truncate`` (mmagic's ``truncation_latent + T * (w -
+truncation_latent)``; T = 1 is no truncation, as in mmagic). ``--noise fixed`` uses the stored noise buffers (mmagic
+``randomize_noise=False``); ``random`` draws fresh noise per batch from ``--noise-seed``. The grid PNG is
+``x * 127.5 + 127.5``, clipped, rounded; ``--save-raw`` writes the float32 output (N, H, W, 3), RGB, in [-1, 1],
+before any clipping.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glean_jax.arch import num_latents as arch_num_latents
 from glean_jax.errors import UserError, cli_entry
 
 MAX_SEED = 2 ** 32 - 1  # np.random.RandomState accepts seeds in [0, 2**32)
@@ -116,10 +118,9 @@ def bank_arch(ckpt_dir: str | os.PathLike) -> dict:
                             "a checkpoint converted from a StyleGAN2 generator or model checkpoint")
         return {k: v for k, v in gen.items() if k != "kind"}
     if kind == "glean" and gen.get("kind") == "glean":
-        # GLEANStyleGANv2 builds its bank with StyleGAN2Generator's defaults (8 mapping layers, lr_mlp 0.01)
-        return {"out_size": gen["out_size"], "style_channels": gen.get("style_channels", 512),
-                "channel_multiplier": gen.get("channel_multiplier", 2), "num_mlps": 8, "lr_mlp": 0.01,
-                "fp16_enabled": gen.get("fp16_enabled", False)}
+        from glean_jax.arch import GleanArch
+
+        return GleanArch.from_dict(gen, f"{ckpt_dir}/model.json generator").bank()
     raise UserError(f"{ckpt_dir}: holds a {kind!r} model; expected a 'stylegan2' (with a generator) or 'glean' "
                     "checkpoint written by `python -m convert.mmagic`")
 
@@ -135,10 +136,10 @@ def load_bank(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
         return arch, variables["generator"]
     try:
         v = variables["generator"]
-        bank = {"params": v["params"]["generator"], "buffers": v["buffers"]["generator"]}
+        bank = {"params": v["params"]["bank"], "buffers": v["buffers"]["bank"]}
     except KeyError as e:
         raise UserError(f"{ckpt_dir}: GLEAN checkpoint has no latent bank variables ({e}); expected "
-                        "generator/params/generator and generator/buffers/generator") from None
+                        "generator/params/bank and generator/buffers/bank") from None
     _check_bank(ckpt_dir, arch, bank)
     return arch, bank
 
@@ -190,7 +191,7 @@ def _compiled(arch: dict, dtype: str, what: str, variables: dict, x: np.ndarray,
     g = build_generator(arch, dtype)
     t0 = time.perf_counter()
     if what == "mapping":
-        fn = runtime.jit(lambda v, z: g.apply(v, z, method="mapping")).lower(variables, x).compile()
+        fn = runtime.jit(lambda v, z: g.apply(v, z, method=lambda m, z: m.mapping(z))).lower(variables, x).compile()
     else:
         fn = runtime.jit(lambda v, w, rng: g.apply(v, w, noise, method="synthesis", rngs={"noise": rng})).lower(
             variables, x, jax.random.key(0)).compile()
@@ -198,16 +199,17 @@ def _compiled(arch: dict, dtype: str, what: str, variables: dict, x: np.ndarray,
     return fn, time.perf_counter() - t0
 
 
-def mean_w(arch: dict, variables: dict, num_samples: int) -> np.ndarray:
-    """Mean of ``mapping(z)`` over ``num_samples`` z = ``np.random.RandomState(0).randn(num_samples, C)``: (1, C)."""
+def mean_w(arch: dict, variables: dict, num_samples: int, seed: int = 0) -> np.ndarray:
+    """The bank's mean W (1, C): :meth:`StyleGAN2Generator.mean_latent` over ``num_samples`` z =
+    ``jax.random.normal(jax.random.key(seed), (num_samples, C))``."""
+    import jax
 
     from glean_jax import runtime
     from glean_jax.models.build import build_generator
 
     g = build_generator(arch, "float32")
-    z = np.random.RandomState(0).randn(num_samples, int(arch["style_channels"])).astype(np.float32)
-    w = runtime.jit(lambda v, z: g.apply(v, z, method="mapping"))(variables, z)
-    return np.asarray(w, np.float64).mean(axis=0, keepdims=True).astype(np.float32)
+    z = jax.random.normal(jax.random.key(seed), (num_samples, int(arch["style_channels"])), jax.numpy.float32)
+    return np.asarray(runtime.jit(lambda v, z: g.apply(v, z, method="mean_latent"))(variables, z), np.float32)
 
 
 def generate(arch: dict, variables: dict, latents: np.ndarray, *, input_is_latent: bool = False,
@@ -216,6 +218,8 @@ def generate(arch: dict, variables: dict, latents: np.ndarray, *, input_is_laten
     """Runs the bank on ``latents`` in batches; returns (float32 (N, H, W, 3) raw output, wall times in s)."""
     import jax
     from tqdm import tqdm
+
+    from glean_jax.models.stylegan2 import truncate
 
     times = {"compile": 0.0, "generate": 0.0, "mean_latent": 0.0}
     mean = None
@@ -228,7 +232,7 @@ def generate(arch: dict, variables: dict, latents: np.ndarray, *, input_is_laten
     variables = jax.device_put(variables)
     outs = []
     base = jax.random.key(noise_seed)
-    num_latents = 2 * int(math.log2(int(arch["out_size"]))) - 2
+    num_latents = arch_num_latents(int(arch["out_size"]))
     with tqdm(total=n, desc="generate", unit="img", disable=not progress, file=sys.stderr) as bar:
         for i, start in enumerate(range(0, n, bs)):
             batch = latents[start:start + bs]
@@ -243,8 +247,8 @@ def generate(arch: dict, variables: dict, latents: np.ndarray, *, input_is_laten
                 times["compile"] += ct
                 t0 += ct
                 w = np.asarray(fn(variables, batch), np.float32)
-            if mean is not None:   # mmagic: truncation_latent + truncation * (style - truncation_latent)
-                w = mean + np.float32(truncation) * (w - mean)
+            if mean is not None:
+                w = np.asarray(truncate(w, mean, truncation), np.float32)
             if w.ndim == 2:        # mmagic: a single W is repeated for every layer
                 w = np.repeat(w[:, None], num_latents, axis=1)
             fn, ct = _compiled(arch, dtype, "synthesis", variables, w, noise)
@@ -296,7 +300,7 @@ def main(argv: Sequence[str]) -> int:
 
     arch = bank_arch(args.checkpoint)   # latents are checked before the (slower) variable restore
     c = int(arch["style_channels"])
-    num_latents = 2 * int(math.log2(int(arch["out_size"]))) - 2
+    num_latents = arch_num_latents(int(arch["out_size"]))
     if seeds is not None:
         latents, is_latent = seed_latents(seeds, c), False
     elif args.z is not None:

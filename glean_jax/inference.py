@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from glean_jax import runtime
+from glean_jax.arch import GleanArch
 from glean_jax.checkpoint import check_variables, load_model
 from glean_jax.errors import UserError
 from glean_jax.images import normalize
@@ -34,7 +35,7 @@ class SRModel:
         self.in_size = int(gen["in_size"])
         self.out_size = int(gen["out_size"])
         self.dtype = dtype
-        self.module = build_glean(gen, dtype)
+        self.module = build_glean(GleanArch.from_dict(gen, f"{ckpt_dir}/model.json generator"), dtype)
         check_variables(variables.get("generator"), variable_shapes("glean", self.module), str(ckpt_dir),
                         f"GLEAN {self.in_size}->{self.out_size} as model.json describes it")
         self.variables = jax.device_put(variables["generator"])

@@ -76,3 +76,26 @@ def release_host_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+class JitCache:
+    """Compiled functions kept by key, for a caller that runs the same program more than once in one process (a
+    resumed run in a test, a notebook): pass one instance to each run and the later runs compile nothing again.
+    Explicit, never global: without one, every run compiles its own. Bounded to the ``max_entries`` most recent."""
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self.builds = 0   # entries built so far
+        self._entries: dict[Any, Any] = {}
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The entry of ``key``, built by ``build()`` the first time."""
+        if key not in self._entries:
+            if len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = build()
+            self.builds += 1
+        return self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -48,3 +48,12 @@ def module_tmp(tmp_path_factory):
     yield mktemp
     for d in made:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def jit_cache():
+    """One :class:`glean_jax.runtime.JitCache` for the in-process training runs of the suite: runs of the same
+    config and mesh compile their step, init and eval functions once."""
+    from glean_jax.runtime import JitCache
+
+    return JitCache()

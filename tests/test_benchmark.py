@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from glean_jax import benchmark as B
+from glean_jax.arch import GleanArch
 from glean_jax.errors import run_cli
 from glean_jax.models.build import variable_shapes
 from glean_jax.models.glean import GLEAN
@@ -57,7 +58,7 @@ def test_vgg_and_discriminator_flops():
 def test_analytic_forward_equals_traced_convolutions():
     """The analytic count equals the FLOPs of the convs and dots our cat x8 forward traces to (phase-decomposed
     up-convs and the demodulation dots make the traced count slightly larger)."""
-    g = GLEAN(32, 256)
+    g = GLEAN(GleanArch(32, 256))
     lq = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     traced = B.jaxpr_flops(jax.make_jaxpr(g.apply)(variable_shapes("glean", g), lq))
     analytic = B.model_flops(arch(32, 256))["g_forward"]

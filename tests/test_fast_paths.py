@@ -29,6 +29,7 @@ import numpy as np
 from jax import lax
 
 from glean_jax import losses
+from glean_jax.arch import GleanArch
 from glean_jax.benchmark import iter_eqns
 from glean_jax.models import conv as conv_lib
 from glean_jax.models import ops
@@ -37,7 +38,7 @@ from glean_jax.models.fir import _fir, fir_filter
 from glean_jax.models.glean import GLEAN
 from glean_jax.models.layers import Conv
 from glean_jax.models.rrdb import RRDB, RRDBFeatureExtractor
-from glean_jax.models.vgg import VGG16_LAYERS, init_vgg16_params, max_pool_2x2, required_convs
+from glean_jax.models.vgg import VGG16_LAYERS, conv_name, init_vgg16_params, max_pool_2x2, required_convs
 
 
 def _convs(jaxpr) -> list:
@@ -50,7 +51,7 @@ def _prims(jaxpr) -> set[str]:
 
 @functools.lru_cache(maxsize=1)
 def _glean_jaxprs(in_size: int = 8, out_size: int = 32):
-    g = GLEAN(in_size, out_size, rrdb_channels=8, num_rrdbs=1)
+    g = GLEAN(GleanArch(in_size, out_size, rrdb_channels=8, num_rrdbs=1))
     shapes = variable_shapes("glean", g)
     lq = jax.ShapeDtypeStruct((2, in_size, in_size, 3), jnp.float32)
     fwd = jax.make_jaxpr(g.apply)(shapes, lq)
@@ -94,7 +95,7 @@ def _hlo_convs(text: str) -> list[dict]:
 @functools.lru_cache(maxsize=1)
 def _glean_grad_lowered() -> tuple[str, str]:
     """GLEAN's gradient lowered (not compiled) for CPU and exported for CUDA: (cpu text, cuda text)."""
-    g = GLEAN(8, 32, rrdb_channels=8, num_rrdbs=1)
+    g = GLEAN(GleanArch(8, 32, rrdb_channels=8, num_rrdbs=1))
     shapes = variable_shapes("glean", g)
     lq = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
 
@@ -374,7 +375,7 @@ def test_perceptual_loss_gradient_takes_the_fast_conv_paths_on_cpu():
             x = (x - jnp.asarray(losses.IMAGENET_MEAN)) / jnp.asarray(losses.IMAGENET_STD)
             for idx, layer in enumerate(VGG16_LAYERS[:22]):
                 if layer[0] == "conv":
-                    p = params[f"features_{idx}"]
+                    p = params[conv_name(idx)]
                     x = lax.conv_general_dilated(x, p["kernel"], (1, 1), ((1, 1), (1, 1)),
                                                  dimension_numbers=conv_lib.DIMENSION_NUMBERS) + p["bias"]
                 elif layer[0] == "relu":

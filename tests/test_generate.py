@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -159,7 +161,8 @@ def test_truncation_toward_mean_w(bank, tmp_path, capsys):
     _ok(["--checkpoint", ckpt, "--seeds", "3,5", "--truncation", 0.5, "--truncation-samples", 256, "--out",
          tmp_path / "t.png", "--save-raw", tmp_path / "t.npy"], capsys)
     z = np.concatenate([np.random.RandomState(s).randn(1, 512) for s in (3, 5)]).astype(np.float32)
-    zs = np.random.RandomState(0).randn(256, 512).astype(np.float32)
+    # the mean W's samples, as generate documents them
+    zs = np.asarray(jax.random.normal(jax.random.key(0), (256, 512), jnp.float32))
     with torch.no_grad():
         mean = g.style_mapping(torch.from_numpy(zs)).mean(0, keepdim=True)
     ref = _oracle(g, z, truncation=0.5, truncation_latent=mean)
@@ -185,15 +188,15 @@ def test_random_noise_is_seeded(bank, tmp_path, capsys):
 
 
 def test_glean_checkpoint_bank_and_bfloat16(bank, tmp_path, capsys):
-    """A 'glean' model directory is sampled through its bank (generator/{params,buffers}/generator)."""
+    """A 'glean' model directory is sampled through its bank (generator/{params,buffers}/bank)."""
     _, ckpt = bank
     meta, v = load_model(ckpt)
     gl = tmp_path / "glean"
     gen = {"kind": "glean", "in_size": 16, "out_size": SIZE, "rrdb_channels": 64, "num_rrdbs": 1,
            "style_channels": 512, "channel_multiplier": 1}
     save_model(gl, {"kind": "glean", "generator": gen, "discriminator": None},
-               {"generator": {"params": {"generator": v["generator"]["params"]},
-                              "buffers": {"generator": v["generator"]["buffers"]}}})
+               {"generator": {"params": {"bank": v["generator"]["params"]},
+                              "buffers": {"bank": v["generator"]["buffers"]}}})
     _ok(["--checkpoint", ckpt, "--seeds", "2,3", "--out", tmp_path / "a.png", "--save-raw", tmp_path / "a.npy"],
         capsys)
     _ok(["--checkpoint", gl, "--seeds", "2,3", "--out", tmp_path / "b.png", "--save-raw", tmp_path / "b.npy"], capsys)

@@ -7,8 +7,8 @@ tensor's own max|mmagic| (``tests/tolerances.py`` says why the scale is each ten
 itself tested: one wrong bias, a zeroed bias, a wrong scale or a transposed kernel must fail it at the right block.
 """
 
+import functools
 import math
-import re
 import time
 
 import jax
@@ -18,6 +18,7 @@ import pytest
 from convert import mmagic as convert_mmagic
 from convert.to_mmagic import module_state
 from glean_jax import mmagic_reference as mo
+from glean_jax.arch import GleanArch
 from glean_jax.models.build import build_glean
 from tests.tolerances import PARITY_RTOL, scaled_error
 
@@ -42,25 +43,24 @@ def psnr_pm1(a, b) -> float:
     return 10 * math.log10(4.0 / float(np.mean((np.asarray(a, np.float64) - b) ** 2)))
 
 
-def block_paths(in_size: int, out_size: int) -> list[tuple[str, ...]]:
-    """Our module paths of every block compared, in data-flow order."""
-    n_enc = int(math.log2(in_size)) - 1                      # stride-2 blocks + the 4x4 block
-    n_up = int(math.log2(out_size)) - 2
-    paths = [("encoder_0_0",), ("encoder_0_1",)]
-    for k in range(1, n_enc):
-        paths += [(f"encoder_{k}_0",), (f"encoder_{k}_2",)]
-    paths += [(f"encoder_{n_enc}_0",), (f"encoder_{n_enc}_3",), ("generator", "conv1")]
-    for k in range(n_up):
-        if 4 * 2 ** k <= in_size:
-            paths.append((f"fusion_out_{k}",))
-        paths += [("generator", f"convs_{2 * k}"), ("generator", f"convs_{2 * k + 1}")]
-    n_dec = int(math.log2(out_size // in_size))
-    paths += [(f"decoder_{i}",) for i in range(n_dec)] + [(f"decoder_{n_dec}_0",), (f"decoder_{n_dec}_2",)]
-    return paths
-
-
-def torch_name(path: tuple[str, ...]) -> str:
-    return re.sub(r"_(\d+)", r".\1", ".".join(path))
+def blocks(arch: GleanArch) -> list[tuple[tuple[str, ...], str]]:
+    """(our module path, mmagic's module name) of every block compared, in data-flow order (an oracle for the
+    converter's table, written out independently of it)."""
+    enc = arch.encoder_sizes
+    out = [(("encoder", "rrdb"), "encoder.0.0"), (("encoder", "rrdb_conv"), "encoder.0.1")]
+    for k, r in enumerate(enc[1:], start=1):
+        out += [(("encoder", f"down_{r}", "conv_down"), f"encoder.{k}.0"),
+                (("encoder", f"down_{r}", "conv"), f"encoder.{k}.2")]
+    out += [(("encoder", "to_latent", "conv"), f"encoder.{len(enc)}.0"),
+            (("encoder", "to_latent", "linear"), f"encoder.{len(enc)}.3"), (("bank", "conv_4"), "generator.conv1")]
+    for k, r in enumerate(arch.bank_sizes):
+        if r // 2 <= arch.in_size:
+            out.append((("fusion", f"feat_{r // 2}"), f"fusion_out.{k}"))
+        out += [(("bank", f"level_{r}", "conv_up"), f"generator.convs.{2 * k}"),
+                (("bank", f"level_{r}", "conv"), f"generator.convs.{2 * k + 1}")]
+    out += [(("decoder", f"up_{r}"), f"decoder.{k}") for k, r in enumerate(arch.upsample_sizes)]
+    n = len(arch.upsample_sizes)
+    return out + [(("decoder", "out_conv1"), f"decoder.{n}.0"), (("decoder", "out_conv2"), f"decoder.{n}.2")]
 
 
 @pytest.fixture(scope="module", params=GEOMETRIES)
@@ -73,12 +73,12 @@ def glean_case(request):
     meta, variables, _ = convert_mmagic.convert_state(state, f"glean{in_size}to{out_size}")
     arch = meta["generator"]
     assert (arch["in_size"], arch["out_size"], arch["num_rrdbs"]) == (in_size, out_size, num_rrdbs)
-    paths = block_paths(in_size, out_size)
+    paths = blocks(GleanArch.from_dict(arch, "converted"))
     modules = dict(model.named_modules())
     torch_feats = {}
-    hooks = [modules[torch_name(p)].register_forward_hook(
+    hooks = [modules[name].register_forward_hook(
         lambda mod, inp, out, p=p: torch_feats.__setitem__(p, mo.to_nhwc(out) if out.ndim == 4 else out.numpy()))
-        for p in paths]
+        for p, name in paths]
     x = np.random.RandomState(in_size).uniform(-1, 1, (BATCH, in_size, in_size, 3)).astype(np.float32)
     t1 = time.perf_counter()
     with torch.no_grad():
@@ -86,7 +86,7 @@ def glean_case(request):
     t2 = time.perf_counter()
     for h in hooks:
         h.remove()
-    wanted = set(paths)
+    wanted = {p for p, _ in paths}
     glean = build_glean(arch)
     forward = jax.jit(lambda v, x: glean.apply(
         v, x, capture_intermediates=lambda mdl, method: method == "__call__" and tuple(mdl.path) in wanted,
@@ -103,7 +103,7 @@ def run_blocks(forward, variables: dict, x: np.ndarray, paths: list) -> tuple[np
     """Our output and every compared block's output."""
     out, inter = forward(variables, x)
     ours = {}
-    for p in paths:
+    for p, _ in paths:
         node = inter["intermediates"]
         for name in p:
             node = node[name]
@@ -113,7 +113,7 @@ def run_blocks(forward, variables: dict, x: np.ndarray, paths: list) -> tuple[np
 
 def block_errors(ours: dict, torch_feats: dict, paths: list) -> dict[str, float]:
     """``scaled_error`` of every block, in data-flow order, keyed by mmagic's module name."""
-    return {torch_name(p): scaled_error(ours[p], torch_feats[p]) for p in paths}
+    return {name: scaled_error(ours[p], torch_feats[p]) for p, name in paths}
 
 
 def failing(errs: dict[str, float]) -> list[tuple[str, float]]:
@@ -138,11 +138,12 @@ def test_every_block(glean_case):
 
 # (parameter path in our tree, mutation, what it stands for, the mmagic block where the check must first fail)
 MUTATIONS = [
-    (("decoder_0", "upsample_conv", "bias"), lambda a: a * 1.01, "a decoder bias off by 1 %", "decoder.0"),
-    (("encoder_0_1", "bias"), lambda a: a * 0.0, "a missing bias", "encoder.0.1"),
-    (("generator", "convs_2", "noise_weight"), lambda a: a * 1.01, "a bank noise scale off by 1 %",
+    (("decoder", "up_{2in}", "conv", "bias"), lambda a: a * 1.01, "a decoder bias off by 1 %", "decoder.0"),
+    (("encoder", "rrdb_conv", "bias"), lambda a: a * 0.0, "a missing bias", "encoder.0.1"),
+    (("bank", "level_16", "conv_up", "noise_weight"), lambda a: a * 1.01, "a bank noise scale off by 1 %",
      "generator.convs.2"),
-    (("encoder_1_0", "weight"), lambda a: np.swapaxes(a, 0, 1), "a transposed kernel", "encoder.1.0"),
+    (("encoder", "down_{in/2}", "conv_down", "weight"), lambda a: np.swapaxes(a, 0, 1), "a transposed kernel",
+     "encoder.1.0"),
 ]
 
 
@@ -155,7 +156,9 @@ MUTATION_GEOMETRIES = [pytest.param(*p.values, id=p.id, marks=[*p.marks, pytest.
 def test_mutations_are_caught(glean_case):
     """The block check fails, at the mutated block first, for each mistake a converter could make."""
     c = glean_case
+    sizes = {"{2in}": str(2 * c["arch"]["in_size"]), "{in/2}": str(c["arch"]["in_size"] // 2)}
     for path, mutate, what, block in MUTATIONS:
+        path = tuple(functools.reduce(lambda n, kv: n.replace(*kv), sizes.items(), name) for name in path)
         variables = jax.tree_util.tree_map(np.asarray, c["variables"]["generator"])
         node = variables["params"]
         for name in path[:-1]:
@@ -168,12 +171,18 @@ def test_mutations_are_caught(glean_case):
                                            f"expected {block}"
 
 
+# bfloat16 output vs mmagic's float32 output, the least PSNR passed, by trunk depth (the bf16 error grows with the
+# RRDBs). Measured on CPU: 40.8-41.4 dB with 23 RRDBs (all four geometries), 57.6-61.3 dB with 2; README quotes these.
+BF16_MIN_PSNR = {23: 40.0, 2: 55.0}
+
+
 def test_bfloat16_psnr(glean_case):
     c = glean_case
     out = np.asarray(jax.jit(build_glean(c["arch"], "bfloat16").apply)(c["variables"]["generator"], c["x"]))
     p = psnr_pm1(out, c["ref"])
-    print(f"bfloat16 vs float32 output: PSNR {p:.1f} dB (goal >= 40)")
-    assert p >= 38.0
+    floor = BF16_MIN_PSNR[c["arch"]["num_rrdbs"]]
+    print(f"bfloat16 vs float32 output: PSNR {p:.1f} dB (must be >= {floor})")
+    assert p >= floor, f"bfloat16 vs float32 output: PSNR {p:.2f} dB < {floor}"
 
 
 def test_round_trip_bit_identical(glean_case):

@@ -196,7 +196,7 @@ def test_perceptual_loss_properties():
     bf16 = perceptual_loss(params, jnp.asarray(pred), jnp.asarray(gt), norm_img=True, dtype=jnp.bfloat16)
     assert bf16.dtype == jnp.float32
     assert _rel(bf16, f32) < 0.05, (float(bf16), float(f32))
-    with pytest.raises(UserError, match="features_24 is missing"):
+    with pytest.raises(UserError, match=r"conv5_1 \(torchvision layer 24\) is missing"):
         perceptual_loss(params, jnp.asarray(pred), jnp.asarray(gt), norm_img=True, layer_weights={"25": 1.0})
     with pytest.raises(UserError, match="not a layer index"):
         perceptual_loss(params, jnp.asarray(pred), jnp.asarray(gt), norm_img=True, layer_weights={"conv4_3": 1.0})

@@ -25,6 +25,7 @@ import pytest
 from jax._src import ad_checkpoint
 
 from glean_jax import losses, runtime
+from glean_jax.arch import GleanArch
 from glean_jax.models.build import init_variables
 from glean_jax.models.glean import GLEAN
 from glean_jax.models.remat import after, remat
@@ -75,7 +76,7 @@ def one_step(in_size: int, op_by_op: bool) -> dict:
     gv = jax.device_get(init_variables("glean", g, jax.random.key(0)))
     dv = jax.device_get(init_variables("stylegan2_discriminator", d, jax.random.key(1)))
     trainable, bank = S.split_glean_params(gv["params"])
-    frozen = {"bank": {"params": bank, "buffers": gv["buffers"]["generator"]}, "vgg": init_vgg16_params(0)}
+    frozen = {"bank": {"params": bank, "buffers": gv["buffers"]["bank"]}, "vgg": init_vgg16_params(0)}
     rng = np.random.default_rng(0)
     n = 4 * in_size
     gt = rng.uniform(-1, 1, (2, n, n, 3)).astype(np.float32)
@@ -185,7 +186,7 @@ def test_glean_remat_cuts_xla_temporaries():
     temps = []
     lq = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     for r in (False, True):
-        g = GLEAN(16, 128, rrdb_channels=16, num_rrdbs=2, remat=r)
+        g = GLEAN(GleanArch(16, 128, rrdb_channels=16, num_rrdbs=2), remat=r)
         v = jax.eval_shape(lambda g=g: init_variables("glean", g, jax.random.key(0)))
         tp, bank = S.split_glean_params(v["params"])
 

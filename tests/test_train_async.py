@@ -15,6 +15,7 @@ import contextlib
 import pytest
 from jax._src import array as jax_array
 
+from glean_jax.runtime import JitCache
 from glean_jax.training import loop
 from tests.test_train_resume import tiny_config
 
@@ -64,8 +65,8 @@ def _config():
     return c
 
 
-def test_steady_state_steps_read_nothing_from_the_devices(trap, tmp_path):
-    summary = loop.train_and_evaluate(_config(), tmp_path, progress=False)
+def test_steady_state_steps_read_nothing_from_the_devices(trap, tmp_path, jit_cache):
+    summary = loop.train_and_evaluate(_config(), tmp_path, progress=False, jit_cache=jit_cache)
     assert summary["step"] == 8 and summary["stopped"] is None
     # every step's dispatch and every next batch but the last went through the guarded region
     assert trap["regions"] == 8 + 7
@@ -75,23 +76,21 @@ def test_steady_state_steps_read_nothing_from_the_devices(trap, tmp_path):
     assert sorted(summary["eval"]) == [0, 8]
 
 
-def test_a_host_read_in_the_step_is_caught(trap, tmp_path, monkeypatch):
+def test_a_host_read_in_the_step_is_caught(trap, tmp_path, jit_cache):
     """The same run with a step that reads one loss on the host (as the loop once did every step) fails."""
-    real = loop._cached
+    class PullingCache(JitCache):
+        def get(self, key, build):
+            f = jit_cache.get(key, build)   # the step compiled by the test above, when it ran in this process
+            if key[0] != "step":
+                return f
 
-    def cached(key, build):
-        f = real(key, build)   # the step compiled by the test above, when it ran in this process
-        if key[0] != "step":
-            return f
+            def step(state, frozen, batch):
+                state, m = f(state, frozen, batch)
+                float(m["loss_g"])
+                return state, m
 
-        def step(state, frozen, batch):
-            state, m = f(state, frozen, batch)
-            float(m["loss_g"])
-            return state, m
+            step.lower = f.lower
+            return step
 
-        step.lower = f.lower
-        return step
-
-    monkeypatch.setattr(loop, "_cached", cached)
     with pytest.raises(HostPull, match="_value of a jax.Array inside the steady-state region"):
-        loop.train_and_evaluate(_config(), tmp_path, progress=False)
+        loop.train_and_evaluate(_config(), tmp_path, progress=False, jit_cache=PullingCache())

@@ -14,7 +14,8 @@ from glean_jax.models.build import build, init_variables
 from glean_jax.models.vgg import init_vgg16_params
 from glean_jax.training import step as S
 from glean_jax.training.config import validate_config
-from glean_jax.training.loop import initial_weights, train_and_evaluate
+from glean_jax.training.loop import train_and_evaluate
+from glean_jax.training.weights import initial_weights
 from tests.test_train_step import small_config
 
 GEN_ARCH = {"kind": "stylegan2_generator", "out_size": 8, "style_channels": 512, "num_mlps": 8,
@@ -39,9 +40,9 @@ def ckpts(module_tmp):
                {"generator": gen})
     save_model(root / "sg2_16", {"kind": "stylegan2", "generator": {**GEN_ARCH, "out_size": 16},
                                  "discriminator": None}, {"generator": gen})
-    # one conv1 kernel loses an output channel: a checkpoint whose meta matches but whose arrays do not
+    # the 4x4 conv kernel loses an output channel: a checkpoint whose meta matches but whose arrays do not
     bad = jax.tree_util.tree_map_with_path(
-        lambda p, v: v[..., :-1] if "conv1" in jax.tree_util.keystr(p) and v.ndim == 4 else v, gen)
+        lambda p, v: v[..., :-1] if "conv_4" in jax.tree_util.keystr(p) and v.ndim == 4 else v, gen)
     save_model(root / "sg2_bad", {"kind": "stylegan2", "generator": GEN_ARCH, "discriminator": D_ARCH},
                {"generator": bad, "discriminator": disc})
     vgg = init_vgg16_params(3)
@@ -65,19 +66,19 @@ def test_bank_d_vgg_loaded(ckpts):
     gv, d_params, vgg_params, info = initial_weights(cfg, g, d)
     assert info["bank"].endswith("(generator_ema)") and info["discriminator"].endswith("(discriminator)")
     for name, arr in _flat(full["generator"]["params"]).items():
-        np.testing.assert_array_equal(_flat(gv["params"]["generator"])[name], arr, err_msg=name)
+        np.testing.assert_array_equal(_flat(gv["params"]["bank"])[name], arr, err_msg=name)
     for name, arr in _flat(full["generator"]["buffers"]).items():
-        np.testing.assert_array_equal(_flat(gv["buffers"]["generator"])[name], arr, err_msg=name)
+        np.testing.assert_array_equal(_flat(gv["buffers"]["bank"])[name], arr, err_msg=name)
     for name, arr in _flat(full["discriminator"]["params"]).items():
         np.testing.assert_array_equal(_flat(d_params)[name], arr, err_msg=name)
     for name, arr in _flat(vgg).items():
         np.testing.assert_array_equal(_flat(vgg_params)[name], arr, err_msg=name)
-    assert {"encoder_0_0", "decoder_0", "fusion_out_0"} <= set(gv["params"])
+    assert set(gv["params"]) == {"bank", "encoder", "fusion", "decoder"}
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(sg2="sg2_16"), "the StyleGAN2 generator has out_size=16 but the config needs 8"),
-    (dict(sg2="sg2_bad"), "(bank): array conv1/"),
+    (dict(sg2="sg2_bad"), "(bank): array conv_4/"),
     (dict(sg2="sg2_noD"), "holds no discriminator; expected the full official checkpoint"),
     (dict(sg2="vgg"), "checkpoint kind is 'vgg16'; expected 'stylegan2'"),
     (dict(vgg="sg2"), "checkpoint kind is 'stylegan2'; expected 'vgg16'"),
@@ -109,6 +110,6 @@ def test_weights_that_do_not_load_leave_no_run_folder(ckpts, tmp_path):
     folder (and its config.json) is made."""
     root, _, _ = ckpts
     run = tmp_path / "run"
-    with pytest.raises(UserError, match=r"\(bank\): array conv1/"):
+    with pytest.raises(UserError, match=r"\(bank\): array conv_4/"):
         train_and_evaluate(config(root, sg2="sg2_bad"), run, progress=False)
     assert not run.exists()

@@ -44,9 +44,9 @@ def _flat(tree):
 
 
 @pytest.fixture(scope="module")
-def straight(module_tmp):
+def straight(module_tmp, jit_cache):
     wd = module_tmp("straight")
-    return wd, train_and_evaluate(tiny_config(), wd, progress=False)
+    return wd, train_and_evaluate(tiny_config(), wd, progress=False, jit_cache=jit_cache)
 
 
 def test_run_outputs(straight):
@@ -63,12 +63,14 @@ def test_run_outputs(straight):
         np.testing.assert_array_equal(v, _flat(variables["generator"]["params"])[k], err_msg=k)
 
 
-def test_resume_is_exact(straight, tmp_path):
+def test_resume_is_exact(straight, tmp_path, jit_cache):
     _, ref = straight
-    first = train_and_evaluate(tiny_config(), tmp_path, stop_after=2, progress=False)
+    first = train_and_evaluate(tiny_config(), tmp_path, stop_after=2, progress=False, jit_cache=jit_cache)
+    builds = jit_cache.builds
     assert first["step"] == 2 and first["stopped"] == "stop_after"
     assert not (tmp_path / "model").exists()
-    second = train_and_evaluate(tiny_config(), tmp_path, progress=False)
+    second = train_and_evaluate(tiny_config(), tmp_path, progress=False, jit_cache=jit_cache)
+    assert jit_cache.builds == builds   # the resumed run reused the first run's step, init and eval functions
     assert second["start_step"] == 2 and second["step"] == 4
     a, b = jax.device_get(ref["state"]), jax.device_get(second["state"])
     fa, fb = _flat(a), _flat(b)

@@ -1,5 +1,5 @@
 """The jitted G/D train step: one step on 1 device (finite losses, trainable params move, frozen bank and the dead
-fusion_skip branch unchanged), equality of 1 vs 8 simulated devices (4 x 2 data x model; gradients via Adam's first
+RGB skip fusion unchanged), equality of 1 vs 8 simulated devices (4 x 2 data x model; gradients via Adam's first
 moment mu = (1 - b1) * grad after one step, losses), non-finite steps skipped, and the loss falling on a fixed batch.
 
 Model: GLEAN 4 -> 8 with one RRDB of 8 channels (the smallest geometry; every layer type of the full model)."""
@@ -14,7 +14,7 @@ import pytest
 from glean_jax.models.vgg import init_vgg16_params
 from glean_jax.training import step as S
 from glean_jax.training.config import base_config, validate_config
-from glean_jax.training.loop import cached_init
+from glean_jax.training.weights import cached_init
 from tests import oracle
 
 
@@ -43,7 +43,7 @@ def host_setup(cfg):
     gv = jax.device_get(cached_init("glean", g)(jax.random.key(0)))   # = models.build.init_variables, compiled once
     dv = jax.device_get(cached_init("stylegan2_discriminator", d)(jax.random.key(1)))
     trainable, bank = S.split_glean_params(gv["params"])
-    frozen = {"bank": {"params": bank, "buffers": gv["buffers"]["generator"]}, "vgg": init_vgg16_params(0)}
+    frozen = {"bank": {"params": bank, "buffers": gv["buffers"][S.BANK]}, "vgg": init_vgg16_params(0)}
     return g, d, trainable, dv["params"], frozen
 
 
@@ -90,14 +90,14 @@ def test_one_step(setup, one_device_step):
     np.testing.assert_allclose(m["loss_g"], m["loss_pix"] + m["loss_perceptual"] + m["loss_gan"], rtol=1e-6)
     assert int(m["skipped"]) == 0 and int(state.step) == 1 and int(state.bad_steps) == 0
     # the bank is not in the state and the frozen copy the step saw is unchanged bit for bit
-    assert "generator" not in state.g_params
+    assert S.BANK not in state.g_params and set(state.g_params) == {"encoder", "fusion", "decoder"}
     for name, arr in _flat(frozen_d["bank"]).items():
         np.testing.assert_array_equal(arr, _flat(frozen["bank"])[name], err_msg=name)
     before, after = _flat(trainable), _flat(state.g_params)
     assert before.keys() == after.keys()
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
-    skip = {k for k in before if "fusion_skip" in k}
-    assert skip and not (changed & skip), "fusion_skip (dead branch) must get zero gradients and stay unchanged"
+    skip = {k for k in before if k.startswith("['fusion']['rgb_")}
+    assert skip and not (changed & skip), "fusion/rgb_* (dead branch) must get zero gradients and stay unchanged"
     assert changed == set(before) - skip, sorted(set(before) - skip - changed)[:5]
     d_before, d_after = _flat(d_params), _flat(state.d_params)
     d_changed = [k for k, v in d_before.items() if not np.array_equal(v, d_after[k])]

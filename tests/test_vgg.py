@@ -20,10 +20,23 @@ from torch import nn
 from convert.torch_io import save_torch_state
 from convert.torchvision_vgg16 import main as convert_main
 from glean_jax.errors import UserError, run_cli
-from glean_jax.models.vgg import VGG16Features, init_vgg16_params, load_vgg16
+from glean_jax.models.vgg import (
+    VGG16_CONV_INDICES,
+    VGG16_CONV_NAMES,
+    VGG16_LAYERS,
+    VGG16Features,
+    check_vgg16_params,
+    conv_name,
+    init_vgg16_params,
+    load_vgg16,
+)
 from tests.tolerances import PARITY_RTOL, scaled_error
 
 TV_CFG_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+# The standard VGG names of the convs, by torchvision features index: what the Flax params are called.
+TV_CONV_NAMES = {0: "conv1_1", 2: "conv1_2", 5: "conv2_1", 7: "conv2_2", 10: "conv3_1", 12: "conv3_2",
+                 14: "conv3_3", 17: "conv4_1", 19: "conv4_2", 21: "conv4_3", 24: "conv5_1", 26: "conv5_2",
+                 28: "conv5_3"}
 
 
 class TorchVGG16(nn.Module):
@@ -120,14 +133,36 @@ def test_vgg16_matches_torch(tv_model, tv_ckpt, shape):
 
 def test_vgg16_only_builds_needed_layers(tv_ckpt):
     params = load_vgg16(tv_ckpt[1])
-    assert sorted(params, key=lambda s: int(s.split("_")[1])) == [
-        f"features_{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21)]
-    assert params["features_21"]["kernel"].shape == (3, 3, 512, 512)
+    assert sorted(params) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                              "conv4_1", "conv4_2", "conv4_3"]
+    assert params["conv4_3"]["kernel"].shape == (3, 3, 512, 512)
     # A shallower request needs fewer params; a deeper one (24..) is not in the converted checkpoint.
     x = jnp.zeros((1, 16, 16, 3))
-    VGG16Features(output_layers=("4",)).apply({"params": {k: params[k] for k in ("features_0", "features_2")}}, x)
-    with pytest.raises(UserError, match="features_24 is missing"):
+    VGG16Features(output_layers=("4",)).apply({"params": {k: params[k] for k in ("conv1_1", "conv1_2")}}, x)
+    with pytest.raises(UserError, match=r"conv5_1 \(torchvision layer 24\) is missing"):
         load_vgg16(tv_ckpt[1], layers=("25",))
+
+
+def test_vgg16_conv_names():
+    """One name per conv, ``conv<stage>_<n>`` counted from the layer table; the layer selection stays by index."""
+    assert VGG16_CONV_NAMES == TV_CONV_NAMES
+    assert tuple(VGG16_CONV_NAMES) == VGG16_CONV_INDICES
+    stage, n = 1, 0
+    for idx, layer in enumerate(VGG16_LAYERS):
+        if layer[0] == "conv":
+            n += 1
+            assert conv_name(idx) == f"conv{stage}_{n}"
+        else:
+            with pytest.raises(ValueError, match=f"VGG16 layer {idx} is not a conv"):
+                conv_name(idx)
+            if layer[0] == "pool":
+                stage, n = stage + 1, 0
+    with pytest.raises(UserError, match="not a layer index.*conv4_3 is layer '21'"):
+        VGG16Features(output_layers=("conv4_3",)).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    params = init_vgg16_params(0)
+    del params["conv1_1"]
+    with pytest.raises(UserError, match=r"conv1_1 \(torchvision layer 0\) is missing"):
+        check_vgg16_params(params)
 
 
 def test_vgg16_bf16_compute_close_to_f32(tv_ckpt):
@@ -147,7 +182,7 @@ def test_vgg16_input_checks():
     ref = jax.eval_shape(VGG16Features().init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
     spec = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
     assert spec(params) == spec(ref)
-    std = float(np.std(params["features_21"]["kernel"]))
+    std = float(np.std(params["conv4_3"]["kernel"]))
     assert abs(std - np.sqrt(2 / (9 * 512))) < 0.01 * std  # torchvision: kaiming normal, fan_out
     with pytest.raises(UserError, match="too small"):
         VGG16Features().apply({"params": params}, jnp.zeros((1, 4, 4, 3)))
@@ -165,10 +200,14 @@ def test_converter_writes_meta_and_float32(tv_ckpt, tv_model):
     assert meta["source"]["format"] == "torchvision"
     assert meta["source"]["dropped"] == ["classifier", "features"]  # classifier + features 24/26/28
     assert meta["source"]["consumed_keys"] + meta["source"]["dropped_keys"] == len(tv_model.state_dict())
-    p = variables["vgg"]["params"]["features_5"]
-    w = tv_model.features[5].weight.detach().numpy()
-    np.testing.assert_array_equal(p["kernel"], w.transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(p["bias"], tv_model.features[5].bias.detach().numpy())
+    params = variables["vgg"]["params"]
+    kept = {i: name for i, name in TV_CONV_NAMES.items() if i <= 21}
+    assert sorted(params) == sorted(kept.values())
+    for i, name in kept.items():          # features.<i> -> its VGG name, OIHW -> HWIO, float32
+        w = tv_model.features[i].weight.detach().numpy()
+        np.testing.assert_array_equal(params[name]["kernel"], w.transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(params[name]["bias"], tv_model.features[i].bias.detach().numpy())
+        assert params[name]["kernel"].dtype == np.float32
 
 
 def test_converter_mmagic_prefix(tv_model, tv_ckpt, tmp_path):
@@ -239,10 +278,12 @@ def test_cli_truncated(tv_ckpt, tmp_path, capsys):
     ("extra", r"unexpected key\(s\) features\.1\.running_mean .*vgg16_bn or vgg19"),
     ("vgg19", r"unexpected key\(s\) features\.16\.weight .*vgg16_bn or vgg19"),
     ("foreign", r"no VGG16 weights found \(keys: encoder\.weight\)"),
-    ("shape", r"bad\.pth: features\.7\.weight has shape \(128, 64, 3, 1\); expected \(128, 128, 3, 3\)"),
-    ("dropped_shape", r"features\.26\.weight has shape \(512, 256, 3, 3\); expected \(512, 512, 3, 3\)"),
+    ("shape", r"bad\.pth: features\.7\.weight has shape \(128, 64, 3, 1\); expected \(128, 128, 3, 3\) "
+              r"\(VGG16 conv2_2\)"),
+    ("dropped_shape", r"features\.26\.weight has shape \(512, 256, 3, 3\); expected \(512, 512, 3, 3\) "
+                      r"\(VGG16 conv5_2\)"),
     ("int", r"features\.0\.weight has dtype int32; expected floating-point"),
-    ("nan", r"features_2/kernel holds 1 non-finite"),
+    ("nan", r"conv1_2/kernel holds 1 non-finite"),
 ])
 def test_cli_bad_state(tv_state, tmp_path, capsys, case, pattern):
     sd = dict(tv_state)
@@ -277,4 +318,4 @@ def test_cli_refuses_non_empty_out_dir(tv_ckpt, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"]
     assert run_cli(convert_main, [str(tv_ckpt[0]), str(out), "--overwrite"]) == 0
-    assert load_vgg16(out)["features_0"]["kernel"].shape == (3, 3, 3, 64)
+    assert load_vgg16(out)["conv1_1"]["kernel"].shape == (3, 3, 3, 64)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from glean_jax import runtime
+from glean_jax.arch import GleanArch
+from glean_jax.models.glean import GLEAN
 from glean_jax.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -37,11 +39,11 @@ def build_discriminator(arch: dict, dtype: str = "float32") -> StyleGAN2Discrimi
                                   fp16_enabled=bool(arch.get("fp16_enabled", False)), dtype=compute_dtype(dtype))
 
 
-def build_glean(arch: dict, dtype: str = "float32") -> nn.Module:
-    """``arch``: {in_size, out_size, rrdb_channels, num_rrdbs, style_channels, channel_multiplier, [fp16_enabled]}."""
-    from glean_jax.models.glean import GLEAN
-
-    return GLEAN.from_arch(arch, dtype=compute_dtype(dtype))
+def build_glean(arch: dict | GleanArch, dtype: str = "float32", remat: bool = False) -> nn.Module:
+    """``arch``: a :class:`GleanArch` or its dict (``model.json``'s ``generator``)."""
+    if not isinstance(arch, GleanArch):
+        arch = GleanArch.from_dict(arch, "GLEAN architecture")
+    return GLEAN(arch, remat=remat, dtype=compute_dtype(dtype))
 
 
 def build(kind: str, arch: dict, dtype: str = "float32") -> nn.Module:

@@ -7,8 +7,9 @@ is applied at run time, so a converted checkpoint is a pure re-layout of mmagic'
 pre-normalisation in demodulated convs and the +-256 output clamps); it changes the function (mmagic's
 ``ModulatedConv2d`` / ``ModulatedStyleConv``) and is only meant for the fp16 seed configs.
 
-Variable collections: ``params`` (trainable) and ``buffers`` (the generator's fixed ``injected_noise_i`` maps,
-shape (1, r, r, 1)).
+Variable collections: ``params`` (trainable) and ``buffers`` (the generator's fixed noise maps, shape (1, r, r, 1)).
+The trees are named for what each part is (``mapping/dense_1``, ``level_64/conv_up``, ``block_256`` ...); the
+mapping to mmagic's ``state_dict`` keys lives in the converter's tables (``convert/stylegan2_rules.py``).
 """
 
 from __future__ import annotations
@@ -21,30 +22,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from glean_jax.arch import bank_sizes, check_size, num_latents, stylegan2_channels
 from glean_jax.models import ops
 from glean_jax.models.remat import remat
 
 Dtype = Any
 
 
-def stylegan2_channels(channel_multiplier: int = 2) -> dict[int, int]:
-    """mmagic's StyleGAN2 channel table ``C[r]`` (512 up to 32x32, then ``cm * 256 / (r / 64)``)."""
-    cm = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
-            1024: 16 * cm}
+def noise_layers(out_size: int) -> list[tuple[str, int]]:
+    """(name, resolution) of each fixed noise buffer, in mmagic's order (``injected_noise_0``, ``_1``, ...): the 4x4
+    style conv's, then each level's up-sampling conv's and conv's."""
+    out = [("noise_4", 4)]
+    for r in bank_sizes(out_size):
+        out += [(f"noise_{r}_up", r), (f"noise_{r}", r)]
+    return out
 
 
-def check_size(size: int, what: str = "size") -> int:
-    """Validates a StyleGAN2 resolution (power of two, 8..1024); returns log2(size)."""
-    if not isinstance(size, int) or size < 8 or size > 1024 or size & (size - 1):
-        raise ValueError(f"{what} must be a power of two between 8 and 1024, got {size!r}")
-    return int(math.log2(size))
-
-
-def noise_resolutions(out_size: int) -> list[int]:
-    """Resolution of each ``injected_noise_i`` buffer: ``2 ** ((i + 5) // 2)`` for i < num_latents - 1."""
-    num_latents = 2 * int(math.log2(out_size)) - 2
-    return [2 ** ((i + 5) // 2) for i in range(num_latents - 1)]
+def truncate(w: jax.Array, mean: jax.Array, psi: float) -> jax.Array:
+    """The truncation trick, as mmagic: ``mean + psi * (w - mean)`` (psi = 1: no change)."""
+    return mean + jnp.asarray(psi, w.dtype) * (w - mean)
 
 
 class EqualLinear(nn.Module):
@@ -150,14 +146,54 @@ class ToRGB(nn.Module):
         return y.astype(jnp.float32)
 
 
+class MappingNetwork(nn.Module):
+    """mmagic's ``style_mapping``: PixelNorm, then ``num_mlps`` equalised linear layers ``dense_1`` ..
+    ``dense_<num_mlps>`` with the fused leaky ReLU and learning-rate multiplier ``lr_mlp``: z -> W."""
+
+    style_channels: int = 512
+    num_mlps: int = 8
+    lr_mlp: float = 0.01
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        x = ops.pixel_norm(z.astype(jnp.float32))
+        for i in range(1, self.num_mlps + 1):
+            x = EqualLinear(self.style_channels, lr_mul=self.lr_mlp, activate=True, name=f"dense_{i}")(x)
+        return x
+
+
+class StyleLevel(nn.Module):
+    """One resolution level of the synthesis network (mmagic's ``convs[2k]``, ``convs[2k + 1]``, ``to_rgbs[k]``):
+    ``conv_up`` (2x up-sampling style conv), ``conv`` (style conv) and ``to_rgb`` (this level's RGB, added to the
+    up-sampled skip). Calling it runs the two convs."""
+
+    channels: int
+    fp16_enabled: bool = False
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
+        self.conv_up = StyleConv(self.channels, upsample=True, **kw)
+        self.conv = StyleConv(self.channels, **kw)
+        self.to_rgb = ToRGB(upsample=True, **kw)
+
+    def __call__(self, x: jax.Array, styles: tuple[jax.Array, jax.Array],
+                 noises: tuple[jax.Array | None, jax.Array | None]) -> jax.Array:
+        return self.conv(self.conv_up(x, styles[0], noises[0]), styles[1], noises[1])
+
+
 class StyleGAN2Generator(nn.Module):
     """mmagic ``StyleGAN2Generator`` (unconditional, config-f).
+
+    Parameters: ``mapping`` (:class:`MappingNetwork`), ``const`` (the learned 4x4 input), ``conv_4`` and ``to_rgb_4``
+    (the 4x4 style conv and its RGB), ``level_8`` .. ``level_<out_size>`` (:class:`StyleLevel`); buffers: the fixed
+    noise maps ``noise_4``, ``noise_<r>_up``, ``noise_<r>`` (:func:`noise_layers`; shape (1, r, r, 1)).
 
     ``__call__(styles, ...)`` follows mmagic's ``forward``: ``styles`` is z (N, noise) -- or W / W+ with
     ``input_is_latent`` -- or a list of two such arrays for style mixing at ``inject_index``; ``truncation`` < 1
     interpolates toward ``truncation_latent``; ``noise`` is ``'random'`` (fresh N(0,1) maps from the ``'noise'`` rng),
-    ``'fixed'`` (the stored ``injected_noise_i`` buffers, mmagic's ``randomize_noise=False``), ``'none'``, or a list of
-    arrays. Returns the RGB image (N, H, W, 3) float32 in the model's [-1, 1] range (not clipped).
+    ``'fixed'`` (the stored noise buffers, mmagic's ``randomize_noise=False``), ``'none'``, or a list of arrays.
+    Returns the RGB image (N, H, W, 3) float32 in the model's [-1, 1] range (not clipped).
 
     ``remat_above``: in :meth:`style_level`, the levels producing a resolution above it keep only their input
     for the backward pass and recompute the rest there (:func:`glean_jax.models.remat.remat`; the same function and
@@ -174,68 +210,52 @@ class StyleGAN2Generator(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        log_size = check_size(self.out_size, "out_size")
+        check_size(self.out_size, "out_size")
         ch = stylegan2_channels(self.channel_multiplier)
-        self.num_latents = 2 * log_size - 2
+        self.num_latents = num_latents(self.out_size)
+        self.sizes = bank_sizes(self.out_size)
         kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
-        # Index 0 is mmagic's PixelNorm (no parameters), so the layers are named style_mapping_1..num_mlps.
-        self.style_mapping = [None] + [EqualLinear(self.style_channels, lr_mul=self.lr_mlp, activate=True)
-                                       for _ in range(self.num_mlps)]
-        self.constant_input = self.param("constant_input", nn.initializers.normal(1.0), (1, 4, 4, ch[4]))
-        self.conv1 = StyleConv(ch[4], **kw)
-        self.to_rgb1 = ToRGB(upsample=False, **kw)
-        convs, to_rgbs = [], []
-        for i in range(3, log_size + 1):
-            convs += [StyleConv(ch[2 ** i], upsample=True, **kw), StyleConv(ch[2 ** i], **kw)]
-            to_rgbs.append(ToRGB(upsample=True, **kw))
-        self.convs = convs
-        self.to_rgbs = to_rgbs
-        self.injected_noise = [
-            self.variable("buffers", f"injected_noise_{i}",
-                          lambda r=r: jax.random.normal(self.make_rng("params"), (1, r, r, 1), jnp.float32))
-            for i, r in enumerate(noise_resolutions(self.out_size))]
+        self.mapping = MappingNetwork(self.style_channels, self.num_mlps, self.lr_mlp)
+        self.const = self.param("const", nn.initializers.normal(1.0), (1, 4, 4, ch[4]))
+        self.conv_4 = StyleConv(ch[4], **kw)
+        self.to_rgb_4 = ToRGB(upsample=False, **kw)
+        self.level = {r: StyleLevel(ch[r], **kw) for r in self.sizes}
+        self.noise = [self.variable("buffers", name,
+                                    lambda r=r: jax.random.normal(self.make_rng("params"), (1, r, r, 1), jnp.float32))
+                      for name, r in noise_layers(self.out_size)]
 
-    def style_level(self, k: int, x: jax.Array, styles: tuple[jax.Array, jax.Array],
+    def style_level(self, r: int, x: jax.Array, styles: tuple[jax.Array, jax.Array],
                     noises: tuple[jax.Array | None, jax.Array | None]) -> jax.Array:
-        """Resolution level ``k`` (output ``8 * 2**k``): ``convs[2k]`` (the up-conv) then ``convs[2k+1]``; one
-        rematerialised block above ``remat_above``. (The level, not each conv: the up-conv's output is never one
-        buffer in XLA -- its blur is fused into every consumer -- so as a block boundary it would keep the blur's
-        three full-size inputs instead.)"""
-        convs = (self.convs[2 * k], self.convs[2 * k + 1])
-        if self.remat_above is None or self.is_initializing() or 8 * 2 ** k <= self.remat_above:
-            return convs[1](convs[0](x, styles[0], noises[0]), styles[1], noises[1])
-        unbound = tuple(c.clone(parent=None) for c in convs)
+        """The two convs of the level of output ``r``; one rematerialised block above ``remat_above``. (The level,
+        not each conv: the up-conv's output is never one buffer in XLA -- its blur is fused into every consumer --
+        so as a block boundary it would keep the blur's three full-size inputs instead.)"""
+        level = self.level[r]
+        if self.remat_above is None or self.is_initializing() or r <= self.remat_above:
+            return level(x, styles, noises)
+        unbound = level.clone(parent=None)
 
-        def level(c: tuple, x: jax.Array) -> jax.Array:
+        def run(c: tuple, x: jax.Array) -> jax.Array:
             variables, styles, noises = c
-            x = unbound[0].apply(variables[0], x, styles[0], noises[0])
-            return unbound[1].apply(variables[1], x, styles[1], noises[1])
+            return unbound.apply(variables, x, styles, noises)
 
-        return remat(level)((tuple(c.variables for c in convs), styles, noises), x)
-
-    def mapping(self, z: jax.Array) -> jax.Array:
-        """z (N, style_channels) -> W (N, style_channels): PixelNorm then the MLP."""
-        x = ops.pixel_norm(z.astype(jnp.float32))
-        for layer in self.style_mapping[1:]:
-            x = layer(x)
-        return x
+        return remat(run)((level.variables, styles, noises), x)
 
     def noise_maps(self, mode: str | Sequence[jax.Array], batch: int) -> list[jax.Array | None]:
         """The per-layer noise inputs for ``mode`` ('fixed' | 'random' | 'none' | explicit list)."""
-        n = len(self.injected_noise)
+        n = len(self.noise)
         if not isinstance(mode, str):
             if len(mode) != n:
                 raise ValueError(f"expected {n} noise maps, got {len(mode)}")
             return list(mode)
         if mode == "fixed":
-            return [v.value for v in self.injected_noise]
+            return [v.value for v in self.noise]
         if mode == "none":
             return [None] * n
         if mode == "random":
             rng = self.make_rng("noise")
             keys = jax.random.split(rng, n)
             return [jax.random.normal(k, (batch,) + v.value.shape[1:], jnp.float32)
-                    for k, v in zip(keys, self.injected_noise, strict=True)]
+                    for k, v in zip(keys, self.noise, strict=True)]
         raise ValueError(f"noise must be 'fixed', 'random', 'none' or a list of arrays, got {mode!r}")
 
     def synthesis(self, latent: jax.Array, noise: str | Sequence[jax.Array] = "fixed") -> jax.Array:
@@ -245,20 +265,22 @@ class StyleGAN2Generator(nn.Module):
             raise ValueError(f"expected W+ latents of shape (N, {self.num_latents}, {self.style_channels}), "
                              f"got {tuple(latent.shape)}")
         noises = self.noise_maps(noise, n)
-        out = jnp.broadcast_to(self.constant_input, (n,) + self.constant_input.shape[1:]).astype(self.dtype)
-        out = self.conv1(out, latent[:, 0], noises[0])
-        skip = self.to_rgb1(out, latent[:, 1])
-        idx = 1
-        for k, to_rgb in enumerate(self.to_rgbs):
-            out = self.convs[2 * k](out, latent[:, idx], noises[idx])
-            out = self.convs[2 * k + 1](out, latent[:, idx + 1], noises[idx + 1])
-            skip = to_rgb(out, latent[:, idx + 2], skip)
-            idx += 2
+        out = jnp.broadcast_to(self.const, (n,) + self.const.shape[1:]).astype(self.dtype)
+        out = self.conv_4(out, latent[:, 0], noises[0])
+        skip = self.to_rgb_4(out, latent[:, 1])
+        for k, r in enumerate(self.sizes):
+            level = self.level[r]
+            out = level.conv_up(out, latent[:, 2 * k + 1], noises[2 * k + 1])
+            out = level.conv(out, latent[:, 2 * k + 2], noises[2 * k + 2])
+            skip = level.to_rgb(out, latent[:, 2 * k + 3], skip)
         return skip.astype(jnp.float32)
 
-    def mean_latent(self, num_samples: int = 4096) -> jax.Array:
-        """Mean of W over ``num_samples`` z ~ N(0, I) drawn from the ``'latent'`` rng (mmagic ``get_mean_latent``)."""
-        z = jax.random.normal(self.make_rng("latent"), (num_samples, self.style_channels), jnp.float32)
+    def mean_latent(self, z: jax.Array | int = 4096) -> jax.Array:
+        """Mean of W = mapping(z), (1, style_channels) (mmagic ``get_mean_latent``): over the given z (N,
+        style_channels), or over that many z ~ N(0, I) drawn from the ``'latent'`` rng. ``glean_jax.generate``'s
+        truncation uses it too."""
+        if isinstance(z, int):
+            z = jax.random.normal(self.make_rng("latent"), (z, self.style_channels), jnp.float32)
         return jnp.mean(self.mapping(z), axis=0, keepdims=True)
 
     def __call__(self, styles: jax.Array | Sequence[jax.Array], *, input_is_latent: bool = False,
@@ -272,7 +294,7 @@ class StyleGAN2Generator(nn.Module):
         if truncation < 1:
             if truncation_latent is None:
                 truncation_latent = self.mean_latent()
-            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+            styles = [truncate(s, truncation_latent, truncation) for s in styles]
         if len(styles) == 1:
             s = styles[0]
             latent = s if s.ndim == 3 else jnp.repeat(s[:, None], self.num_latents, axis=1)
@@ -338,6 +360,9 @@ class ResBlock(nn.Module):
 class StyleGAN2Discriminator(nn.Module):
     """mmagic ``StyleGAN2Discriminator`` (unconditional): RGB (N, in, in, 3) -> logits (N, 1) float32.
 
+    Parameters: ``from_rgb`` (1x1 conv), ``block_<r>`` for r = in_size .. 8 (the ResBlock from r x r to r/2 x r/2),
+    ``final_conv`` (after the minibatch-stddev channel), ``final_linear`` and ``logit``.
+
     The minibatch-stddev layer groups the batch in groups of ``mbstd_group_size`` (batch <= 4 or a multiple of 4),
     within each of ``mbstd_shards`` consecutive equal parts of the batch (the call argument; 1 = the whole batch):
     mmagic's discriminator runs per GPU, so its groups never cross GPUs (see the training step). Every other layer
@@ -361,16 +386,17 @@ class StyleGAN2Discriminator(nn.Module):
             raise ValueError(f"discriminator expects {self.in_size}x{self.in_size} input, got {x.shape[1:3]}")
         ch = stylegan2_channels(self.channel_multiplier)
         kw = dict(fp16_enabled=self.fp16_enabled, dtype=self.dtype)
-        x = ConvDownLayer(ch[self.in_size], 1, name="convs_0", **kw)(x)
-        for n, i in enumerate(range(log_size, 2, -1), start=1):
-            if self.remat and n <= 2 and not self.is_initializing():
-                block = ResBlock(ch[2 ** (i - 1)], parent=None, **kw)
-                x = remat(lambda v, x, b=block: b.apply({"params": v}, x))(self.variables["params"][f"convs_{n}"], x)
+        x = ConvDownLayer(ch[self.in_size], 1, name="from_rgb", **kw)(x)
+        for n, r in enumerate(2 ** i for i in range(log_size, 2, -1)):
+            name = f"block_{r}"   # the ResBlock taking r x r to r/2 x r/2
+            if self.remat and n < 2 and not self.is_initializing():
+                block = ResBlock(ch[r // 2], parent=None, **kw)
+                x = remat(lambda v, x, b=block: b.apply({"params": v}, x))(self.variables["params"][name], x)
             else:
-                x = ResBlock(ch[2 ** (i - 1)], name=f"convs_{n}", **kw)(x)
+                x = ResBlock(ch[r // 2], name=name, **kw)(x)
         x = ops.minibatch_stddev(x, self.mbstd_group_size, shards=mbstd_shards)
         x = ConvDownLayer(ch[4], 3, name="final_conv", **kw)(x)
         x = ops.nchw_flatten(x.astype(jnp.float32))
-        x = EqualLinear(ch[4], activate=True, name="final_linear_0")(x)
-        x = EqualLinear(1, name="final_linear_1")(x)
+        x = EqualLinear(ch[4], activate=True, name="final_linear")(x)
+        x = EqualLinear(1, name="logit")(x)
         return x.astype(jnp.float32)

@@ -14,8 +14,11 @@ torchvision layout (index: layer)::
     24 conv 512->512 25 relu 26 conv 512->512 27 relu 28 conv 512->512 29 relu 30 maxpool
 
 Convs are 3x3, stride 1, zero padding 1, with bias; max pools are 2x2 stride 2 without padding, rounding the output
-size down (torch's ``MaxPool2d(2, 2)``, ``ceil_mode=False``). Parameters are named after the torchvision index
-(``features_0``, ``features_2``, ...), kernels HWIO float32; :mod:`convert.torchvision_vgg16` writes them.
+size down (torch's ``MaxPool2d(2, 2)``, ``ceil_mode=False``). Parameters are named for the standard VGG layers,
+``conv<stage>_<n>`` (``conv1_1``, ``conv1_2``, ``conv2_1``, ... ``conv5_3``; :data:`VGG16_CONV_NAMES` maps the
+torchvision indices to them), kernels HWIO float32; :mod:`convert.torchvision_vgg16` writes them. Layer *selection*
+(``output_layers``, the perceptual loss's ``layer_weights``) keeps mmagic's vocabulary, the torchvision index as a
+string (``'21'``).
 
 The convs run through :func:`glean_jax.models.ops.conv2d` (the same values as ``lax.conv_general_dilated``), so the
 perceptual loss's backward takes the CPU formulations of :mod:`glean_jax.models.conv`: every input gradient a
@@ -60,6 +63,26 @@ VGG16_LAYERS: tuple[tuple, ...] = _build_layers()
 
 VGG16_CONV_INDICES: tuple[int, ...] = tuple(i for i, layer in enumerate(VGG16_LAYERS) if layer[0] == "conv")
 """(0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)."""
+
+VGG16_CONV_NAMES: dict[int, str] = {
+    0: "conv1_1", 2: "conv1_2",
+    5: "conv2_1", 7: "conv2_2",
+    10: "conv3_1", 12: "conv3_2", 14: "conv3_3",
+    17: "conv4_1", 19: "conv4_2", 21: "conv4_3",
+    24: "conv5_1", 26: "conv5_2", 28: "conv5_3",
+}
+"""Parameter name of each conv, keyed by its torchvision ``features`` index: the one place the two are mapped."""
+
+_CONV_INDEX_BY_NAME = {name: idx for idx, name in VGG16_CONV_NAMES.items()}
+
+
+def conv_name(idx: int) -> str:
+    """Parameter name (``'conv4_3'``) of the conv at torchvision ``features`` index ``idx`` (``21``)."""
+    try:
+        return VGG16_CONV_NAMES[idx]
+    except KeyError:
+        raise ValueError(f"VGG16 layer {idx!r} is not a conv; expected one of {list(VGG16_CONV_NAMES)}") from None
+
 
 PERCEPTUAL_LAYER = "21"
 """conv4_3 before ReLU: the layer GLEAN's perceptual loss uses."""
@@ -166,8 +189,10 @@ def parse_layers(layers: Iterable[str | int]) -> tuple[int, ...]:
         except (TypeError, ValueError):
             idx = -1
         if str(name).strip() != str(idx) or not 0 <= idx < len(VGG16_LAYERS):
+            alias = _CONV_INDEX_BY_NAME.get(name.strip()) if isinstance(name, str) else None
+            hint = "" if alias is None else f"; {name.strip()} is layer '{alias}'"
             raise UserError(f"VGG16 layer {name!r}: not a layer index; expected an integer 0..{len(VGG16_LAYERS) - 1}"
-                            " (a torchvision vgg16.features index, e.g. '21' = conv4_3 before ReLU)")
+                            f" (a torchvision vgg16.features index, e.g. '21' = conv4_3 before ReLU){hint}")
         out.add(idx)
     if not out:
         raise UserError("VGG16 layers: none requested; expected at least one index such as '21'")
@@ -208,7 +233,7 @@ class VGG16Features(nn.Module):
         dtype, precision = self.dtype, self.precision
 
         def module_conv(idx: int, x: jax.Array) -> jax.Array:
-            return VGGConv(layers[idx][2], dtype=dtype, precision=precision, name=f"features_{idx}")(x)
+            return VGGConv(layers[idx][2], dtype=dtype, precision=precision, name=conv_name(idx))(x)
 
         def stage_fn(p: Mapping, x: jax.Array, stage: tuple[int, ...]) -> jax.Array:
             return _run(stage, x, lambda idx, x: vgg_conv(p[idx], x, dtype, precision))
@@ -216,7 +241,7 @@ class VGG16Features(nn.Module):
         for k, stage in enumerate(_stages(layers)):
             if self.remat and k < REMAT_STAGES and stage[-1] < wanted[0] and not self.is_initializing():
                 _check_poolable(x, stage[-1])
-                params = {i: self.variables["params"][f"features_{i}"] for i in stage if layers[i][0] == "conv"}
+                params = {i: self.variables["params"][conv_name(i)] for i in stage if layers[i][0] == "conv"}
                 x = remat(lambda p, x, stage=tuple(stage): stage_fn(p, x, stage))(params, x)
             else:
                 x = _run(tuple(stage), x, module_conv, out, wanted)
@@ -251,11 +276,12 @@ def _check_poolable(x: jax.Array, idx: int) -> None:
 def check_vgg16_params(params: Mapping, layers: Iterable[str | int] = (PERCEPTUAL_LAYER,), what: str = "VGG16") -> None:
     """Raises a UserError unless ``params`` holds every conv needed for ``layers`` with the right shapes."""
     if not isinstance(params, Mapping):
-        raise UserError(f"{what}: params are a {type(params).__name__}; expected a dict of features_<idx> layers")
+        raise UserError(f"{what}: params are a {type(params).__name__}; expected a dict of VGG16 conv layers "
+                        "(conv1_1, conv1_2, ..., conv5_3)")
     for idx in required_convs(layers):
-        name = f"features_{idx}"
+        name = conv_name(idx)
         if name not in params:
-            raise UserError(f"{what}: {name} is missing; expected VGG16 weights up to layer "
+            raise UserError(f"{what}: {name} (torchvision layer {idx}) is missing; expected VGG16 weights up to layer "
                             f"{max(parse_layers(layers))}")
         for leaf, shape in (("kernel", conv_shape_flax(idx)), ("bias", (conv_shape_flax(idx)[-1],))):
             arr = params[name].get(leaf) if isinstance(params[name], Mapping) else None
@@ -276,8 +302,8 @@ def init_vgg16_params(seed: int, layers: Sequence[str] = (PERCEPTUAL_LAYER,)) ->
     for i in required_convs(layers):
         shape = conv_shape_flax(i)
         std = np.sqrt(2.0 / (9 * shape[-1]))
-        params[f"features_{i}"] = {"kernel": jnp.asarray((rng.standard_normal(shape) * std).astype(np.float32)),
-                                   "bias": jnp.zeros((shape[-1],), jnp.float32)}
+        params[conv_name(i)] = {"kernel": jnp.asarray((rng.standard_normal(shape) * std).astype(np.float32)),
+                               "bias": jnp.zeros((shape[-1],), jnp.float32)}
     return params
 
 

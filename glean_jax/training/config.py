@@ -15,6 +15,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
+from glean_jax.arch import GleanArch
 from glean_jax.data import default_data_config
 from glean_jax.errors import UserError
 
@@ -26,14 +27,9 @@ def base_config() -> ConfigDict:
     """All training fields with mmagic's defaults (the cat x8 geometry; configs override what differs)."""
     c = ConfigDict()
 
-    c.model = ConfigDict()
-    c.model.in_size = 32
-    c.model.out_size = 256
-    c.model.num_rrdbs = 23
-    c.model.rrdb_channels = 64
-    c.model.style_channels = 512
-    c.model.channel_multiplier = 2
-    c.model.fp16_enabled = False      # mmagic generator/discriminator fp16_enabled (weight/style normalisation)
+    # The GLEAN architecture: the fields of glean_jax.arch.GleanArch (fp16_enabled: mmagic's generator/discriminator
+    # fp16 numerics, weight/style normalisation), then how training runs it.
+    c.model = ConfigDict(GleanArch(in_size=32, out_size=256).to_dict())
     c.model.remat = False             # recompute activations in the backward pass (less memory, more compute)
     # mmagic trains with DDP: each GPU's discriminator sees only its local batch, so the minibatch-stddev groups are
     # formed within it. With mbstd_per_shard the global batch is split into `mbstd_shards` equal parts (mmagic's GPU
@@ -49,6 +45,8 @@ def base_config() -> ConfigDict:
     c.pretrained.allow_random = False                       # random bank/D/VGG allowed (demo, tests only)
 
     c.data = default_data_config()
+    c.data.in_size = c.model.get_ref("in_size")     # the data sizes are the model's (set model.in_size/out_size)
+    c.data.out_size = c.model.get_ref("out_size")
 
     c.optim = ConfigDict()
     c.optim.lr = 1e-4
@@ -156,8 +154,10 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
     _int(cfg, "model.num_rrdbs", 1)
     _int(cfg, "model.rrdb_channels", 1)
     _int(cfg, "model.style_channels", 1)
+    _int(cfg, "model.num_mlps", 1)
     _choice(cfg, "model.channel_multiplier", (1, 2))
     _bool(cfg, "model.fp16_enabled")
+    glean_arch(cfg)
     _bool(cfg, "model.remat")
     _bool(cfg, "model.mbstd_per_shard")
     shards = _int(cfg, "model.mbstd_shards", 1)
@@ -253,7 +253,7 @@ def _meta_mismatch(path_field: str, path: str, arch: dict | None, what: str, wan
 
 def check_pretrained(cfg: ConfigDict) -> None:
     """Kind and geometry of the ``pretrained.*`` checkpoints, read from their ``model.json`` only (no weights loaded,
-    nothing computed): one line naming the checkpoint and what the config expects. ``training.loop.initial_weights``
+    nothing computed): one line naming the checkpoint and what the config expects. ``training.weights.initial_weights``
     still checks every array when it loads them."""
     # light (JSON only); imported here because importing this module must not import JAX
     from glean_jax.checkpoint import load_meta
@@ -276,15 +276,22 @@ def check_pretrained(cfg: ConfigDict) -> None:
                            {"out_size": m.out_size, "style_channels": m.style_channels,
                             "channel_multiplier": m.channel_multiplier})
         elif key == "glean":
+            # fp16_enabled is a choice of numerics, not of weights: an fp16 config fine-tunes an fp32 checkpoint
             _meta_mismatch("pretrained.glean", path, meta.get("generator"), "the GLEAN generator",
-                           {"in_size": m.in_size, "out_size": m.out_size, "num_rrdbs": m.num_rrdbs,
-                            "rrdb_channels": m.rrdb_channels, "style_channels": m.style_channels,
-                            "channel_multiplier": m.channel_multiplier})
+                           {k: v for k, v in glean_arch(cfg).to_dict().items() if k != "fp16_enabled"})
         if key == "stylegan2" and not meta.get("discriminator") and not pre.allow_random:
             raise UserError(f"config.pretrained.stylegan2={path!r}: holds no discriminator; expected the full "
                             "official checkpoint (generator_ema + discriminator)")
         if key in ("stylegan2", "glean") and meta.get("discriminator"):
             _meta_mismatch(f"pretrained.{key}", path, meta["discriminator"], "the discriminator", d_want)
+
+
+def glean_arch(cfg: ConfigDict) -> GleanArch:
+    """The architecture record of ``cfg.model``."""
+    try:
+        return GleanArch(**{f: cfg.model[f] for f in GleanArch.fields()})
+    except ValueError as e:
+        raise UserError(f"config.model: {e}") from None
 
 
 def mesh_shape(cfg: ConfigDict, device_count: int) -> tuple[int, int]:

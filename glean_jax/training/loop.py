@@ -1,10 +1,6 @@
 """``train_and_evaluate(config, workdir)``: GLEAN training as mmagic's ``IterBasedTrainLoop`` + ``SRGAN``.
 
-Initialisation: the bank (GLEAN ``params['generator']`` and its fixed noise buffers) comes from
-the ``generator_ema`` of a converted official StyleGAN2 checkpoint (``pretrained.stylegan2``) and is verified to
-have been loaded (mmagic 1.x silently leaves it random); the discriminator from the same checkpoint; VGG16 from a
-converted torchvision checkpoint; ``pretrained.glean`` optionally starts G (and D if present) from a converted GLEAN
-checkpoint. Missing pretrained weights are an error unless ``pretrained.allow_random``.
+Initialisation: :func:`glean_jax.training.weights.initial_weights` (the pretrained bank, D and VGG16, verified).
 
 The loop: one jitted step per iteration (:mod:`glean_jax.training.step`), orbax checkpoints every
 ``checkpoint_every`` steps and on SIGTERM/SIGINT, automatic resume from ``WORKDIR/checkpoints``, TensorBoard scalars
@@ -27,116 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from glean_jax import metrics as metrics_lib
 from glean_jax import runtime
-from glean_jax.checkpoint import check_variables, load_model, save_model
 from glean_jax.errors import UserError
-from glean_jax.images import make_grid, normalize, to_uint8, write_png
+from glean_jax.images import write_png
 from glean_jax.training import step as step_lib
 from glean_jax.training.checkpointing import RunCheckpoints, abstract_like
-from glean_jax.training.config import check_pretrained, validate_config
+from glean_jax.training.config import validate_config
+from glean_jax.training.evaluation import Evaluator
+from glean_jax.training.weights import export_model, flat_paths, initial_weights, to_global, to_host
 
 log = logging.getLogger("glean_jax.train")
-
-
-# ----------------------------------------------------------------------------------------------------- host helpers
-def to_host(tree: Any) -> Any:
-    """Global (possibly multi-process, sharded) arrays -> numpy, on every process."""
-    from jax.experimental import multihost_utils
-
-    def one(x: Any) -> np.ndarray:
-        if not isinstance(x, jax.Array) or x.is_fully_addressable:
-            return np.asarray(x)
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree_util.tree_map(one, tree)
-
-
-def to_global(tree: Any, shardings: Any) -> Any:
-    """Host arrays, identical on every process, -> global arrays with ``shardings`` (works multi-process)."""
-    def one(x: Any, s: NamedSharding) -> jax.Array:
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
-
-    return jax.tree_util.tree_map(one, tree, shardings)
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-    return {"/".join(str(getattr(k, "key", k)) for k in path): v
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-# ------------------------------------------------------------------------------------------------ initial weights
-def initial_weights(cfg: ConfigDict, g: Any, d: Any) -> tuple[dict, dict, dict, dict]:
-    """``(glean_variables, d_params, vgg_params, info)`` as numpy trees; see the module docstring."""
-    from glean_jax.models.vgg import init_vgg16_params, load_vgg16
-
-    m, pre = cfg.model, cfg.pretrained
-    check_pretrained(cfg)   # kinds and geometries from model.json; the arrays are checked below as they load
-    key = jax.random.key(cfg.seed)
-    init_g, key_g = cached_init("glean", g), jax.random.fold_in(key, 0)
-    init_d, key_d = cached_init("stylegan2_discriminator", d), jax.random.fold_in(key, 1)
-    # Random values only where no checkpoint brings them (pretrained.glean brings all of G); the shapes always, to
-    # check what loads against them.
-    gv = jax.eval_shape(init_g, key_g) if pre.glean else to_host(init_g(key_g))
-    gv, d_params = {"params": dict(gv["params"]), "buffers": dict(gv["buffers"])}, \
-        jax.eval_shape(init_d, key_d)["params"]
-    info = {"bank": "random", "discriminator": "random", "vgg16": "random", "glean": "random"}
-    hint_d = f"a StyleGAN2 discriminator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
-    if pre.stylegan2:
-        _, variables = load_model(pre.stylegan2)
-        bank = variables["generator"]
-        what = f"config.pretrained.stylegan2={pre.stylegan2!r} (bank)"
-        hint = f"a StyleGAN2 generator for {m.out_size}x{m.out_size}, channel_multiplier={m.channel_multiplier}"
-        check_variables(bank.get("params"), gv["params"][step_lib.BANK], what, hint)
-        check_variables(bank.get("buffers"), gv["buffers"][step_lib.BANK], what, hint)
-        gv["params"][step_lib.BANK] = bank["params"]
-        gv["buffers"][step_lib.BANK] = bank["buffers"]
-        info["bank"] = f"{pre.stylegan2} (generator_ema)"
-        if variables.get("discriminator") is None:
-            if not pre.allow_random:
-                raise UserError(f"config.pretrained.stylegan2={pre.stylegan2!r}: holds no discriminator; expected the "
-                                "full official checkpoint (generator_ema + discriminator)")
-        else:
-            check_variables(variables["discriminator"]["params"], d_params,
-                            f"config.pretrained.stylegan2={pre.stylegan2!r} (discriminator)", hint_d)
-            d_params = variables["discriminator"]["params"]
-            info["discriminator"] = f"{pre.stylegan2} (discriminator)"
-    if pre.glean:
-        _, variables = load_model(pre.glean)
-        hint = f"GLEAN {m.in_size}->{m.out_size} with {m.num_rrdbs} RRDBs of {m.rrdb_channels} channels"
-        check_variables(variables["generator"], gv, f"config.pretrained.glean={pre.glean!r}", hint)
-        if pre.stylegan2:   # the bank must stay the official one: keep it, fine-tune the rest
-            variables["generator"]["params"][step_lib.BANK] = gv["params"][step_lib.BANK]
-            variables["generator"]["buffers"][step_lib.BANK] = gv["buffers"][step_lib.BANK]
-        else:
-            info["bank"] = f"{pre.glean} (GLEAN bank)"
-        gv = variables["generator"]
-        info["glean"] = str(pre.glean)
-        if variables.get("discriminator") is not None:
-            check_variables(variables["discriminator"]["params"], d_params,
-                            f"config.pretrained.glean={pre.glean!r} (discriminator)", hint_d)
-            d_params = variables["discriminator"]["params"]
-            info["discriminator"] = f"{pre.glean} (discriminator)"
-    if info["discriminator"] == "random":
-        if not pre.allow_random:
-            raise UserError("config.pretrained: no discriminator weights found; expected pretrained.stylegan2 with a "
-                            "discriminator, or pretrained.allow_random=True")
-        d_params = to_host(init_d(key_d))["params"]
-    if pre.vgg16:
-        vgg = load_vgg16(pre.vgg16)
-        info["vgg16"] = str(pre.vgg16)
-    else:
-        vgg = init_vgg16_params(cfg.seed)
-    return gv, d_params, to_host(vgg), info
 
 
 # ------------------------------------------------------------------------------------------------------ the run
@@ -233,104 +132,6 @@ class MetricWindow:
         return out
 
 
-def _grid_rows(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Tiles LR (nearest) | bicubic | output | GT for each image (inputs in [-1, 1], NHWC)."""
-    n, s = out.shape[0], out.shape[1]
-    nearest = np.repeat(np.repeat(lq, s // lq.shape[1], axis=1), s // lq.shape[2], axis=2)
-    bicubic = np.asarray(jax.image.resize(jnp.asarray(lq), (n, s, s, 3), "bicubic"))
-    tiles = np.stack([to_uint8(nearest), to_uint8(bicubic), to_uint8(out), to_uint8(gt)], axis=1)
-    return make_grid(tiles.reshape((-1,) + tiles.shape[2:]), nrow=4)
-
-
-class Evaluator:
-    """PSNR/SSIM/MAE of the generator on the config's test set (batch 1, replicated, as mmagic's val loop)."""
-
-    def __init__(self, cfg: ConfigDict, g: Any, mesh: Mesh, frozen_sharding: Any, g_sharding: Any,
-                 cache_key: Any = None) -> None:
-        from glean_jax.data.loader import make_eval_dataset
-
-        self.dataset = None
-        try:
-            self.dataset = make_eval_dataset(cfg.data)
-        except UserError as e:
-            log.warning("no evaluation: the test set is not usable (%s)", e)
-        self.max_images = cfg.eval_max_images
-        self.mesh = mesh
-        self.replicated = NamedSharding(mesh, P())
-        self.apply = _cached(("eval", cache_key), lambda: runtime.jit(
-            lambda tp, frozen, lq: g.apply(step_lib.glean_variables(tp, frozen), lq),
-            in_shardings=(g_sharding, frozen_sharding, self.replicated), out_shardings=self.replicated))
-
-    def _items(self, limit: int) -> list[dict]:
-        n = min(len(self.dataset), limit) if self.dataset is not None else 0
-        return [self.dataset[i] for i in range(n)]
-
-    def _run(self, g_params: Any, frozen: Any, lq_uint8: np.ndarray) -> np.ndarray:
-        lq = normalize(lq_uint8)[None]
-        lq = jax.make_array_from_callback(lq.shape, self.replicated, lambda idx: lq[idx])
-        return to_host(self.apply(g_params, frozen, lq))[0]
-
-    def evaluate(self, g_params: Any, frozen: Any) -> dict[str, float]:
-        """Mean ``psnr``, ``ssim`` and ``mae`` as ``python -m glean_jax.evaluate --checkpoint`` computes them (its
-        :class:`~glean_jax.metrics.MetricAccumulator`, mmagic 1.x's output convention); no ``ssim`` for images
-        smaller than its window."""
-        items = self._items(self.max_images)
-        if not items:
-            return {}
-        small = any(min(it["gt"].shape[:2]) < metrics_lib.SSIM_WINDOW for it in items)
-        acc = metrics_lib.MetricAccumulator("1.x", metric_names=("PSNR", "MAE") if small else metrics_lib.METRIC_NAMES)
-        for i, item in enumerate(items):
-            acc.add(str(i), self._run(g_params, frozen, item["lq"]), item["gt"])
-        return {k.lower(): v for k, v in acc.summary()["mean"].items()}
-
-    def grid(self, g_params: Any, frozen: Any, n: int = 4) -> np.ndarray | None:
-        items = self._items(n)
-        if not items:
-            return None
-        outs = np.stack([self._run(g_params, frozen, it["lq"]) for it in items])
-        lq = np.stack([normalize(it["lq"]) for it in items])
-        gt = np.stack([normalize(it["gt"]) for it in items])
-        return _grid_rows(lq, outs, gt)
-
-
-def export_model(path: Path, cfg: ConfigDict, g: Any, state: Any, frozen: dict, source: dict) -> None:
-    """Writes a GLEAN model directory (``kind: glean``, generator + discriminator) from the train state."""
-    g_params = to_host(state.g_params)
-    bank = to_host(frozen["bank"])
-    d_params = to_host(state.d_params)
-    if jax.process_index() != 0:
-        return
-    variables = {"generator": {"params": {**g_params, step_lib.BANK: bank["params"]},
-                               "buffers": {step_lib.BANK: bank["buffers"]}},
-                 "discriminator": {"params": d_params}}
-    meta = {"kind": "glean", "generator": {"kind": "glean", **g.arch()},
-            "discriminator": {"kind": "stylegan2_discriminator", "in_size": cfg.model.out_size,
-                              "channel_multiplier": cfg.model.channel_multiplier,
-                              "fp16_enabled": cfg.model.fp16_enabled},
-            "source": source}
-    save_model(path, meta, variables, overwrite=True, only_this_process=jax.process_count() > 1)
-
-
-_JIT_CACHE: dict[Any, Any] = {}
-
-
-def _cached(key: Any, build: Any) -> Any:
-    """Jitted functions reused by later runs in the same process with the same config and mesh (so a resumed or
-    repeated run compiles nothing again); bounded to the few most recent entries."""
-    if key not in _JIT_CACHE:
-        if len(_JIT_CACHE) >= 8:
-            _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
-        _JIT_CACHE[key] = build()
-    return _JIT_CACHE[key]
-
-
-def cached_init(kind: str, module: Any) -> Any:
-    """:func:`glean_jax.models.build.init_fn`, compiled once per process for a module."""
-    from glean_jax.models.build import init_fn
-
-    return _cached(("init", kind, repr(module)), lambda: init_fn(kind, module))
-
-
 def _compiled_flops(compiled: Any) -> float | None:
     try:
         cost = compiled.cost_analysis()
@@ -343,12 +144,13 @@ def _compiled_flops(compiled: Any) -> float | None:
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, jit_cache: runtime.JitCache | None = None) -> dict[str, Any]:
     """Trains (or resumes) in ``workdir``; returns a summary (step, last metrics, eval results, stop reason, and the
     final train state as numpy arrays).
 
     ``stop_after`` ends this run after that many steps with a checkpoint, as if the job had been stopped (tests,
-    preemptible jobs); ``config.total_steps`` still defines the schedule.
+    preemptible jobs); ``config.total_steps`` still defines the schedule. ``jit_cache``: runs in one process that
+    share one compile nothing again (:class:`glean_jax.runtime.JitCache`).
     """
     validate_config(config)
     workdir = Path(workdir)
@@ -361,7 +163,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
                                     process_index=jax.process_index(), process_count=jax.process_count())
 
     t0 = time.time()
-    gv, d_params, vgg, info = initial_weights(config, g, d)
+    jit_cache = jit_cache if jit_cache is not None else runtime.JitCache()
+    gv, d_params, vgg, info = initial_weights(config, g, d, jit_cache)
     if is_main:   # only now: a config whose data or weights do not load leaves no run folder behind
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -370,8 +173,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     frozen_sharding = step_lib.tree_shardings(frozen_host, mesh, config)
     frozen = to_global(frozen_host, frozen_sharding)
     if info["bank"] != "random":   # verify that what the step sees is the checkpoint's bank, bit for bit
-        for name, arr in _flat(to_host(frozen["bank"])).items():
-            if not np.array_equal(arr, np.asarray(_flat(frozen_host["bank"])[name])):
+        for name, arr in flat_paths(to_host(frozen["bank"])).items():
+            if not np.array_equal(arr, np.asarray(flat_paths(frozen_host["bank"])[name])):
                 raise UserError(f"bank array {name} differs from {info['bank']} after loading; expected equal")
     rng = np.asarray(jax.random.PRNGKey(config.seed))
     abstract = jax.eval_shape(lambda tr, dp, r: step_lib.make_state(config, tr, dp, r), trainable, d_params, rng)
@@ -392,9 +195,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     log.info("initialised in %.1f s: %s", time.time() - t0, info)
 
     key = (config.to_json_best_effort(sort_keys=True), mesh)
-    train_step = _cached(("step",) + key, lambda: step_lib.jit_train_step(config, g, d, mesh, state_sharding,
+    train_step = jit_cache.get(("step",) + key, lambda: step_lib.jit_train_step(config, g, d, mesh, state_sharding,
                                                                           frozen_sharding))
-    evaluator = Evaluator(config, g, mesh, frozen_sharding, state_sharding.g_params, key)
+    evaluator = Evaluator(config, g, mesh, frozen_sharding, state_sharding.g_params, jit_cache, key)
     writer = None
     if is_main:
         from tensorboardX import SummaryWriter

@@ -23,8 +23,8 @@ def seed_config(in_size: int, out_size: int, batch_size: int, gpus: int, stylega
     """mmagic's GLEAN recipe at a given geometry; ``gpus`` = mmagic's DDP world size (D's minibatch-stddev
     shards), ``batch_size`` the global batch (mmagic's GPUs x images per GPU)."""
     c = base_config()
-    c.model.in_size = c.data.in_size = in_size
-    c.model.out_size = c.data.out_size = out_size
+    c.model.in_size = in_size      # the data sizes follow (base_config)
+    c.model.out_size = out_size
     c.model.mbstd_shards = gpus
     c.batch_size = batch_size
     c.pretrained.stylegan2 = stylegan2

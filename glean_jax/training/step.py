@@ -5,7 +5,7 @@ Per step (both networks updated every step, ``disc_steps=1``):
 
 * one forward ``out = G(lq)``;
 * G loss = ``pixel_weight * MSE(out, gt) + perceptual(out, gt) + gan_weight * BCE(D(out), 1)``, gradients for the
-  trainable GLEAN params only: the StyleGAN2 bank (``params['generator']`` and its noise buffers) is frozen, passed
+  trainable GLEAN params only: the StyleGAN2 bank (``params['bank']`` and its noise buffers) is frozen, passed
   to the step as an argument and has no gradient and no optimizer state;
 * D loss = ``BCE(D(gt), 1) + BCE(D(stop_gradient(out)), 0)`` with the D params of the start of the step;
 * Adam (torch semantics: ``optax.scale_by_adam``, eps outside the square root, bias-corrected) for G and D with the
@@ -46,16 +46,16 @@ from glean_jax import losses, runtime
 from glean_jax.models.build import compute_dtype
 from glean_jax.models.glean import GLEAN
 from glean_jax.models.stylegan2 import StyleGAN2Discriminator
-from glean_jax.training.config import mesh_shape
+from glean_jax.training.config import glean_arch, mesh_shape
 
-BANK = "generator"   # the frozen StyleGAN2 bank inside GLEAN's params
+BANK = "bank"   # the frozen StyleGAN2 bank inside GLEAN's params
 
 
 class TrainState(struct.PyTreeNode):
     """Everything that changes during training (saved in checkpoints). The frozen bank and VGG are not in it."""
 
     step: jax.Array                    # iterations done (int32)
-    g_params: Any                      # trainable GLEAN params (everything but params['generator'])
+    g_params: Any                      # trainable GLEAN params (everything but params['bank'])
     g_opt: Any                         # Adam state of g_params
     d_params: Any
     d_opt: Any
@@ -68,9 +68,7 @@ class TrainState(struct.PyTreeNode):
 def build_modules(cfg: ConfigDict) -> tuple[GLEAN, StyleGAN2Discriminator]:
     dtype = compute_dtype(cfg.precision)
     m = cfg.model
-    g = GLEAN(in_size=m.in_size, out_size=m.out_size, rrdb_channels=m.rrdb_channels, num_rrdbs=m.num_rrdbs,
-              style_channels=m.style_channels, channel_multiplier=m.channel_multiplier,
-              fp16_enabled=m.fp16_enabled, remat=m.remat, dtype=dtype)
+    g = GLEAN(glean_arch(cfg), remat=m.remat, dtype=dtype)
     d = StyleGAN2Discriminator(in_size=m.out_size, channel_multiplier=m.channel_multiplier,
                                mbstd_group_size=m.mbstd_group_size, fp16_enabled=m.fp16_enabled, remat=m.remat,
                                dtype=dtype)
