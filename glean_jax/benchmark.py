@@ -21,12 +21,7 @@ arguments + outputs - donated aliases + temporaries, and ``ours_xla_temp_mb``), 
 achieved TFLOP/s from the analytic FLOP count below, the fraction of a matmul peak measured in the same run (a
 large float32 matmul; bfloat16 runs use a bfloat16 matmul) and, on a GPU with a known datasheet, MFU.
 
-The FLOP count (:func:`model_flops`) is analytic, from the layer shapes of the architecture (MACs = Cin Cout k^2 H W of
-every conv and linear layer actually evaluated, FLOPs = 2 MACs; StyleGAN2's stride-2 up-conv counted as a transposed
-conv at its input resolution; mmagic's dead RGB skip branch, activations, FIR blurs and normalisations not
-counted). Train FLOPs per image = 3 x trainable-G forward + 2 x bank forward (activation gradients only)
-+ 8 x D forward (G step: forward + activation backward; D step: real and fake forward + full backward)
-+ 3 x VGG16-to-conv4_3 forward (prediction forward + activation backward, GT forward).
+The FLOP count is analytic (:mod:`glean_jax.flops`).
 
 The mmagic side needs the oracle install (``pip install -e '.[test]'`` and
 ``pip install --no-deps -r requirements/oracle.txt``, read by :mod:`glean_jax.mmagic_reference`); it is
@@ -39,11 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,234 +49,23 @@ import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from glean_jax import metrics, runtime  # noqa: E402
-from glean_jax.arch import GleanArch, stylegan2_channels  # noqa: E402
+from glean_jax.arch import GleanArch  # noqa: E402
 from glean_jax.errors import UserError, cli_entry  # noqa: E402
+from glean_jax.flops import model_flops  # noqa: E402
 from glean_jax.images import atomic_write_bytes  # noqa: E402
-from glean_jax.models.vgg import VGG16_LAYERS  # noqa: E402
+from glean_jax.machine import (  # noqa: E402
+    RssSampler,
+    datasheet_tflops,
+    gpu_peak_mb,
+    load_avg,
+    machine_info,
+    matmul_peak_tflops,
+    on_gpu,
+    xla_memory_mb,
+)
 
 MODES = ("infer", "train")
 DTYPES = ("float32", "bfloat16")
-# Dense datasheet peaks in TFLOP/s (no sparsity) by device-kind substring. 'float32' is the TF32 tensor-core peak:
-# XLA and PyTorch (with TF32 allowed) run float32 convolutions on tensor cores in TF32 by default on these GPUs.
-DATASHEET_TFLOPS = {
-    "H200": {"bfloat16": 989.4, "float32": 494.7},
-    "H100": {"bfloat16": 989.4, "float32": 494.7},   # SXM; the PCIe card is lower (756 / 378)
-    "A100": {"bfloat16": 312.0, "float32": 156.0},
-    "L4": {"bfloat16": 121.0, "float32": 60.0},
-    "V100": {"bfloat16": 125.0, "float32": 15.7},     # V100: fp16 tensor cores, fp32 without TF32
-}
-
-
-# ============================================================================================ analytic FLOP count
-def _conv(cin: int, cout: int, k: int, h: int) -> int:
-    """MACs of a k x k conv producing an h x h map."""
-    return cin * cout * k * k * h * h
-
-
-def glean_forward_macs(arch: GleanArch, growth_channels: int = 32) -> dict[str, int]:
-    """MACs per image of mmagic ``GLEANStyleGANv2.forward`` by part (encoder RRDB trunk, rest of the encoder, the
-    4x4 latent linear, StyleGAN2 bank, fusion convs, decoder); the dead RGB skip branch is not evaluated."""
-    ch, in_size, out_size, style_channels = arch.channels, arch.in_size, arch.out_size, arch.style_channels
-    c, g, num_rrdbs = arch.rrdb_channels, growth_channels, arch.num_rrdbs
-    rdb = sum(_conv(c + i * g, g, 3, in_size) for i in range(4)) + _conv(c + 4 * g, c, 3, in_size)
-    parts = {"rrdb": _conv(3, c, 3, in_size) + num_rrdbs * 3 * rdb + _conv(c, c, 3, in_size)}
-    enc = _conv(c, ch[in_size], 3, in_size)
-    res = in_size
-    while res > 4:
-        enc += _conv(ch[res], ch[res // 2], 3, res // 2) + _conv(ch[res // 2], ch[res // 2], 3, res // 2)
-        res //= 2
-    enc += _conv(ch[4], ch[4], 3, 4)
-    parts["encoder"] = enc
-    parts["latent_linear"] = 16 * ch[4] * arch.num_latents * style_channels
-    bank = _conv(ch[4], ch[4], 3, 4) + style_channels * ch[4]       # conv1 + its style modulation
-    fusion = 0
-    r = 4
-    while r < out_size:
-        if r <= in_size:
-            fusion += _conv(2 * ch[r], ch[r], 3, r)
-        bank += ch[r] * ch[2 * r] * 9 * r * r + style_channels * ch[r]               # up-conv at input resolution
-        bank += _conv(ch[2 * r], ch[2 * r], 3, 2 * r) + style_channels * ch[2 * r]
-        r *= 2
-    parts["bank"], parts["fusion"] = bank, fusion
-    dec = _conv(ch[in_size], 4 * ch[2 * in_size], 3, in_size)
-    r = 2 * in_size
-    while r < out_size:
-        dec += _conv(2 * ch[r], 4 * ch[2 * r], 3, r)
-        r *= 2
-    dec += _conv(2 * ch[out_size], 64, 3, out_size) + _conv(64, 3, 3, out_size)
-    parts["decoder"] = dec
-    return parts
-
-
-def discriminator_macs(size: int, channel_multiplier: int = 2) -> int:
-    """MACs per image of mmagic ``StyleGAN2Discriminator`` (ResBlocks with 1x1 stride-2 skips, mbstd, linears)."""
-    ch = stylegan2_channels(channel_multiplier)
-    macs = _conv(3, ch[size], 1, size)
-    r = size
-    while r > 4:
-        cin, cout = ch[r], ch[r // 2]
-        macs += _conv(cin, cin, 3, r) + _conv(cin, cout, 3, r // 2) + _conv(cin, cout, 1, r // 2)
-        r //= 2
-    macs += _conv(ch[4] + 1, ch[4], 3, 4) + 16 * ch[4] * ch[4] + ch[4]
-    return macs
-
-
-def vgg16_macs(size: int, last_layer: int = 21) -> int:
-    """MACs per image of torchvision VGG16 ``features[:last_layer + 1]`` (layer 21 = conv4_3) at size x size."""
-    macs, h = 0, size
-    for layer in VGG16_LAYERS[:last_layer + 1]:
-        if layer[0] == "pool":
-            h //= 2
-        elif layer[0] == "conv":
-            macs += _conv(layer[1], layer[2], 3, h)
-    return macs
-
-
-def model_flops(model_cfg: ConfigDict | dict) -> dict[str, float]:
-    """FLOPs per image (2 x MACs): ``g_forward``, ``bank_forward``, ``d_forward``, ``vgg_forward``, ``train_step``."""
-    m = model_cfg
-    parts = glean_forward_macs(GleanArch.from_dict(m, "config.model"))
-    g = 2.0 * sum(parts.values())
-    bank = 2.0 * parts["bank"]
-    d = 2.0 * discriminator_macs(int(m["out_size"]), int(m["channel_multiplier"]))
-    vgg = 2.0 * vgg16_macs(int(m["out_size"]))
-    return {"g_forward": g, "bank_forward": bank, "d_forward": d, "vgg_forward": vgg,
-            "train_step": 3.0 * (g - bank) + 2.0 * bank + 8.0 * d + 3.0 * vgg,
-            "parts": {k: 2.0 * v for k, v in parts.items()}}
-
-
-def _sub_jaxprs(value: Any) -> list[Any]:
-    if hasattr(value, "eqns"):
-        return [value]
-    if hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
-        return [value.jaxpr]
-    if isinstance(value, list | tuple):
-        return [j for v in value for j in _sub_jaxprs(v)]
-    return []
-
-
-def iter_eqns(jaxpr: Any) -> Any:
-    """Every equation of a (closed) jaxpr, recursing into pjit / remat / custom_jvp / scan bodies."""
-    jaxpr = jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") and not hasattr(jaxpr, "eqns") else jaxpr
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for v in eqn.params.values():
-            for sub in _sub_jaxprs(v):
-                yield from iter_eqns(sub)
-
-
-def jaxpr_flops(jaxpr: Any, multiplier: float = 1.0) -> float:
-    """FLOPs (2 x MACs) of the convolutions and dot products in a jaxpr -- what the implementation actually does.
-    A ``scan`` body counts ``length`` times (the RRDB trunk is one scan over its blocks), a ``cond`` its costliest
-    branch."""
-    jaxpr = jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") and not hasattr(jaxpr, "eqns") else jaxpr
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            out = eqn.outvars[0].aval.shape
-            rhs = eqn.invars[1].aval.shape
-            out_feat = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += multiplier * 2.0 * math.prod(out) * math.prod(rhs) / out_feat
-        elif name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += multiplier * 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in lc)
-        if name == "cond":    # one branch runs (``lax.platform_dependent`` picks one per backend): the costliest
-            total += max(jaxpr_flops(b, multiplier) for b in eqn.params["branches"])
-            continue
-        inner = multiplier * (eqn.params.get("length", 1) if name == "scan" else 1)
-        for v in eqn.params.values():
-            for sub in _sub_jaxprs(v):
-                total += jaxpr_flops(sub, inner)
-    return total
-
-
-# ================================================================================================ measurement
-def load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class RssSampler:
-    """Samples the process RSS every ``interval`` s in a thread while active; ``peak`` = max seen (MB)."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> RssSampler:
-        self.peak = _rss_mb()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
-
-
-def on_gpu() -> bool:
-    return jax.default_backend() == "gpu"
-
-
-def matmul_peak_tflops(dtype: str, size: int | None = None, repeats: int = 5) -> float:
-    """Best TFLOP/s of a jitted ``size x size @ size x size`` matmul (CPU 2048, accelerators 8192)."""
-    n = size or (8192 if jax.default_backend() != "cpu" else 2048)
-    dt = jnp.dtype(dtype)
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
-    f = runtime.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=dt)).lower(a, b).compile()
-    f(a, b).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best / 1e12
-
-
-def datasheet_tflops(dtype: str) -> float | None:
-    if not on_gpu():
-        return None
-    kind = jax.devices()[0].device_kind
-    for key, peaks in DATASHEET_TFLOPS.items():
-        if key.lower() in kind.lower():
-            return peaks.get(dtype)
-    return None
-
-
-def machine_info() -> dict[str, Any]:
-    dev = jax.devices()[0]
-    info = {"platform": jax.default_backend(), "device": dev.device_kind, "device_count": jax.device_count(),
-            "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "jax": jax.__version__, "load_avg_start": load_avg()}
-    try:
-        import flax
-
-        info["flax"] = flax.__version__
-    except ImportError:
-        pass
-    return info
 
 
 # ================================================================================================ our side
@@ -305,18 +86,6 @@ def make_inputs(cfg: ConfigDict, batch: int, seed: int = 0) -> dict[str, np.ndar
     gt = rng.uniform(-1, 1, (batch, m.out_size, m.out_size, 3)).astype(np.float32)
     lq = rng.uniform(-1, 1, (batch, m.in_size, m.in_size, 3)).astype(np.float32)
     return {"lq": lq, "gt": gt}
-
-
-def xla_memory_mb(compiled: Any) -> dict[str, float | None]:
-    """XLA's memory account of a compiled function (``memory_analysis()``): ``ours_xla_peak_mb`` = arguments +
-    outputs - aliased (donated) outputs + temporaries, and ``ours_xla_temp_mb``; None where the backend has none."""
-    try:
-        m = compiled.memory_analysis()
-        temp, args = m.temp_size_in_bytes, m.argument_size_in_bytes
-        peak = args + m.output_size_in_bytes - m.alias_size_in_bytes + temp
-    except Exception:  # noqa: BLE001 - the analysis is optional
-        return {"ours_xla_peak_mb": None, "ours_xla_temp_mb": None}
-    return {"ours_xla_peak_mb": round(peak / 2 ** 20, 1), "ours_xla_temp_mb": round(temp / 2 ** 20, 1)}
 
 
 class Ours:
@@ -537,15 +306,6 @@ def alternate(ours: Callable[[], Any], theirs: Callable[[], Any] | None, warmup:
     return a, b, peak_a, peak_b
 
 
-def _gpu_peak_mb() -> float | None:
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-    except Exception:  # noqa: BLE001 - memory stats are optional
-        return None
-    peak = stats.get("peak_bytes_in_use")
-    return peak / 2 ** 20 if peak is not None else None
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of two batches of [-1, 1] images (N, H, W, C) mapped to [0, 255] without clipping:
     :func:`glean_jax.metrics.psnr` of the batches stacked into one image each."""
@@ -627,7 +387,7 @@ def run_benchmark(cfg: ConfigDict, config_name: str, modes: Sequence[str], batch
                 tflops = per_img * batch / ours_s / 1e12
                 res.update({"ours_img_s": round(batch / ours_s, 4), "tflops_per_s": round(tflops, 4),
                             "fraction_of_peak": round(tflops / peak, 4), "compile_s": round(compile_s, 2),
-                            "ours_peak_mem_mb": round(_gpu_peak_mb() or rss_a, 1) if on_gpu() else round(rss_a, 1),
+                            "ours_peak_mem_mb": round(gpu_peak_mb() or rss_a, 1) if on_gpu() else round(rss_a, 1),
                             **ours.memory, "ours_s": [round(x, 4) for x in a]})
                 if machine["datasheet_tflops"]:
                     res["mfu"] = round(tflops / machine["datasheet_tflops"], 4)

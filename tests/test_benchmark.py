@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from glean_jax import benchmark as B
+from glean_jax import flops as F
 from glean_jax.arch import GleanArch
 from glean_jax.errors import run_cli
 from glean_jax.models.build import variable_shapes
@@ -36,7 +37,7 @@ def arch(in_size, out_size, num_rrdbs=23):
 @pytest.mark.parametrize("geom,g_fwd,bank,train", [((32, 256), 335, 90, 1770), ((16, 256), 321, 90, None),
                                                    ((64, 1024), 703, 149, 4940), ((128, 1024), 1103, 149, 6140)])
 def test_flops_match_hand_computed_figures(geom, g_fwd, bank, train):
-    f = B.model_flops(arch(*geom))
+    f = F.model_flops(arch(*geom))
     assert f["g_forward"] / 1e9 == pytest.approx(g_fwd, rel=0.01)
     assert f["bank_forward"] / 1e9 == pytest.approx(bank, rel=0.01)
     if train is not None:
@@ -46,13 +47,13 @@ def test_flops_match_hand_computed_figures(geom, g_fwd, bank, train):
 
 def test_vgg_and_discriminator_flops():
     # VGG16 up to conv4_3 at 256^2: 36.5 GFLOPs, at 1024^2: 583 GFLOPs (torchvision's layer shapes)
-    assert 2 * B.vgg16_macs(256) / 1e9 == pytest.approx(36.5, rel=0.005)
-    assert 2 * B.vgg16_macs(1024) / 1e9 == pytest.approx(583, rel=0.005)
+    assert 2 * F.vgg16_macs(256) / 1e9 == pytest.approx(36.5, rel=0.005)
+    assert 2 * F.vgg16_macs(1024) / 1e9 == pytest.approx(583, rel=0.005)
     # D at 8x8, by hand: 1x1 3->512 at 8^2; ResBlock 8->4: 3x3 512->512 at 8^2, 3x3 s2 and 1x1 s2 512->512 at 4^2;
     # final 3x3 513->512 at 4^2; linears 8192->512, 512->1
     c = 512
     hand = 3 * c * 64 + c * c * 9 * 64 + c * c * 9 * 16 + c * c * 16 + (c + 1) * c * 9 * 16 + 16 * c * c + c
-    assert B.discriminator_macs(8) == hand
+    assert F.discriminator_macs(8) == hand
 
 
 def test_analytic_forward_equals_traced_convolutions():
@@ -60,8 +61,8 @@ def test_analytic_forward_equals_traced_convolutions():
     up-convs and the demodulation dots make the traced count slightly larger)."""
     g = GLEAN(GleanArch(32, 256))
     lq = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-    traced = B.jaxpr_flops(jax.make_jaxpr(g.apply)(variable_shapes("glean", g), lq))
-    analytic = B.model_flops(arch(32, 256))["g_forward"]
+    traced = F.jaxpr_flops(jax.make_jaxpr(g.apply)(variable_shapes("glean", g), lq))
+    analytic = F.model_flops(arch(32, 256))["g_forward"]
     assert analytic <= traced <= analytic * 1.01
 
 
@@ -73,10 +74,10 @@ def test_traced_flops_of_a_conv_gradient_count_one_backend_branch():
     x = jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32)
     w = jax.ShapeDtypeStruct((3, 3, 4, 5), jnp.float32)
     fwd = 2.0 * 2 * 8 * 8 * 5 * 9 * 4
-    assert B.jaxpr_flops(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, 1, 1))(x, w)) == fwd
+    assert F.jaxpr_flops(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, 1, 1))(x, w)) == fwd
     grad = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(ops.conv2d(x, w, 1, 1)), argnums=(0, 1)))(x, w)
-    assert any(e.primitive.name == "cond" for e in B.iter_eqns(grad))
-    assert B.jaxpr_flops(grad) == 3 * fwd
+    assert any(e.primitive.name == "cond" for e in F.iter_eqns(grad))
+    assert F.jaxpr_flops(grad) == 3 * fwd
 
 
 def write_tiny_config(tmp_path):

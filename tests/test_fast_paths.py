@@ -30,7 +30,7 @@ from jax import lax
 
 from glean_jax import losses
 from glean_jax.arch import GleanArch
-from glean_jax.benchmark import iter_eqns
+from glean_jax.flops import iter_eqns
 from glean_jax.models import conv as conv_lib
 from glean_jax.models import ops
 from glean_jax.models.build import variable_shapes
