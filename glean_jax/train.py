@@ -35,7 +35,7 @@ flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
 
 def parse_args(argv: Sequence[str]) -> ConfigDict:
     """Parses ``argv`` (without the program name) into FLAGS; returns the config. Every problem is one UserError."""
-    from glean_jax.config_cli import forget_loaded_config
+    from glean_jax.config_cli import apply_none_overrides, forget_loaded_config
 
     forget_loaded_config()
     try:
@@ -67,6 +67,7 @@ def parse_args(argv: Sequence[str]) -> ConfigDict:
                         "python file with get_config(), such as configs/demo.py") from e
     if config is None:
         raise UserError("--config: missing; expected a training config file such as configs/demo.py")
+    apply_none_overrides(config, argv)
     if not FLAGS.workdir:
         raise UserError("--workdir: missing; expected the run directory (created if needed, resumed if present)")
     return config

@@ -189,3 +189,16 @@ def test_cli_requires_workdir():
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == ("error: --workdir: missing; expected the run directory "
                                                       "(created if needed, resumed if present)")
+
+
+def test_none_overrides_of_train():
+    """``--config.FIELD=None`` on train's command line sets a nullable field to None (config_flags alone stores the
+    text 'None'); other fields keep config_flags' result, which validation then rejects with one line."""
+    from glean_jax.config_cli import apply_none_overrides
+
+    cfg = base_config()
+    cfg.pretrained.vgg16 = "None"      # what config_flags leaves for --config.pretrained.vgg16=None
+    cfg.eval_lpips_net = "None"
+    apply_none_overrides(cfg, ["--workdir", "w", "--config.pretrained.vgg16", "None", "--config.eval_lpips_net=None",
+                               "--config.precision=None"])
+    assert cfg.pretrained.vgg16 is None and cfg.eval_lpips_net is None and cfg.precision == "float32"

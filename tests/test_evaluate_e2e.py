@@ -246,7 +246,9 @@ def test_repo_configs_load(tmp_path, capsys):
 def test_training_evaluation_equals_evaluate_cli(tmp_path):
     """Training's periodic evaluation and ``python -m glean_jax.evaluate --checkpoint WORKDIR/model --config`` give
     the same means on the same model and test set: both score with one ``MetricAccumulator``; only the two
-    forwards are compiled apart (sharded in training), so the means agree to 1e-5 relative."""
+    forwards are compiled apart (sharded in training), so the means agree to 1e-5 relative. LPIPS too, with
+    ``eval_lpips_net='vgg'`` (the demo's 16x16 images are below AlexNet's 31 px minimum, not VGG16's 16) and
+    ``--metrics ... LPIPS --lpips-net vgg``; its TensorBoard scalar is ``eval/lpips``."""
     from configs.demo import get_config
     from glean_jax.training.loop import train_and_evaluate
 
@@ -254,13 +256,20 @@ def test_training_evaluation_equals_evaluate_cli(tmp_path):
     c.total_steps, c.eval_every, c.log_every = 2, 2, 1
     c.sample_every = c.checkpoint_every = 100
     c.batch_size = 8     # one image per simulated device
+    c.eval_lpips_net = "vgg"
     summary = train_and_evaluate(c, tmp_path / "run", progress=False)
     during = summary["eval"][2]
-    assert set(during) == {"psnr", "ssim", "mae"}
+    assert set(during) == {"psnr", "ssim", "mae", "lpips"}
     out = tmp_path / "eval.json"
     assert run_cli(ev.main, ["--checkpoint", str(tmp_path / "run" / "model"), "--config",
-                             str(REPO / "configs" / "demo.py"), "--json", str(out)]) == 0
+                             str(REPO / "configs" / "demo.py"), "--json", str(out),
+                             "--metrics", "PSNR", "SSIM", "MAE", "LPIPS", "--lpips-net", "vgg"]) == 0
     report = json.loads(out.read_text())
-    assert report["num_images"] == 8
-    for k in ("PSNR", "SSIM", "MAE"):
+    assert report["num_images"] == 8 and report["lpips_net"] == "vgg"
+    for k in ("PSNR", "SSIM", "MAE", "LPIPS"):
         assert during[k.lower()] == pytest.approx(report["mean"][k], rel=1e-5), k
+    from tests.test_train_parity_cli import read_scalars
+
+    scalars = read_scalars(tmp_path / "run" / "tb")
+    assert scalars["eval/lpips"][2] == pytest.approx(during["lpips"], rel=1e-6)
+    assert {"eval/psnr", "eval/ssim", "eval/mae"} <= set(scalars)

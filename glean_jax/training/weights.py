@@ -59,7 +59,8 @@ def flat_paths(tree: Any) -> dict[str, Any]:
 def initial_weights(cfg: ConfigDict, g: Any, d: Any, jit_cache: runtime.JitCache | None = None
                     ) -> tuple[dict, dict, dict, dict]:
     """``(glean_variables, d_params, vgg_params, info)`` as numpy trees; see the module docstring."""
-    from glean_jax.models.vgg import init_vgg16_params, load_vgg16
+    from glean_jax.models.vgg import PERCEPTUAL_LAYER, init_vgg16_params, load_vgg16
+    from glean_jax.shipped_weights import SHIPPED_VGG16, vgg16_params
 
     m, pre = cfg.model, cfg.pretrained
     check_pretrained(cfg)   # kinds and geometries from model.json; the arrays are checked below as they load
@@ -113,7 +114,10 @@ def initial_weights(cfg: ConfigDict, g: Any, d: Any, jit_cache: runtime.JitCache
             raise UserError("config.pretrained: no discriminator weights found; expected pretrained.stylegan2 with a "
                             "discriminator, or pretrained.allow_random=True")
         d_params = to_host(init_d(key_d))["params"]
-    if pre.vgg16:
+    if pre.vgg16 == SHIPPED_VGG16:
+        vgg = vgg16_params(layers=(PERCEPTUAL_LAYER,))
+        info["vgg16"] = f"{pre.vgg16} (torchvision's ImageNet VGG16)"
+    elif pre.vgg16:
         vgg = load_vgg16(pre.vgg16)
         info["vgg16"] = str(pre.vgg16)
     else:
