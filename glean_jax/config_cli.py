@@ -1,9 +1,9 @@
 """How a command line reads a config: ``--config FILE[:ARG]`` and ``--config.FIELD=VALUE`` overrides, parsed by
 ml_collections ``config_flags`` (as ``python -m glean_jax.train`` parses its own), every problem one line.
 
-``evaluate --checkpoint`` and ``benchmark`` read their config with :func:`load_config`; ``train`` declares the same
-``config_flags`` flag next to its other flags (``glean_jax.train.parse_args``, which still maps the errors itself --
-folding it onto :func:`config_error` is left open) and calls :func:`forget_loaded_config`. On top of
+``evaluate --checkpoint`` and ``benchmark`` read their config with :func:`load_config`; ``train`` defines the same
+``config_flags`` flag beside its other flags, afresh for each argv (``glean_jax.train.parse_args``, which maps the
+errors of its absl flags too), and calls :func:`forget_loaded_config` and :func:`apply_none_overrides`. On top of
 ``config_flags``:
 
 * an override of a field the config does not have names the field and the fields that level has;

@@ -11,6 +11,7 @@ Multi-host: start one process per host with ``--coordinator_address=HOST:PORT --
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,26 +21,45 @@ from ml_collections import ConfigDict, config_flags
 
 from glean_jax.errors import UserError, cli_entry
 
-FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=FLAGS,
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "run directory (checkpoints, TensorBoard logs, samples); resumed if present",
-                    flag_values=FLAGS)
-flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0", flag_values=FLAGS)
-flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=FLAGS)
-flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=FLAGS)
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detected cluster settings",
-                  flag_values=FLAGS)
-flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """A parsed command line: the config (with its overrides) and the other flags."""
+
+    config: ConfigDict
+    workdir: str
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    distributed: bool
+    progress: bool
 
 
-def parse_args(argv: Sequence[str]) -> ConfigDict:
-    """Parses ``argv`` (without the program name) into FLAGS; returns the config. Every problem is one UserError."""
+def _flag_values(argv: Sequence[str]) -> flags.FlagValues:
+    """This command's flags, defined afresh for ``argv`` (``config_flags`` reads the ``--config.*`` overrides from
+    the argv it is given, so a parse depends on nothing global)."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=fv,
+                                    lock_config=True, sys_argv=["glean_jax.train", *argv])
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, TensorBoard logs, samples); resumed if present",
+                        flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detected cluster settings",
+                      flag_values=fv)
+    flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=fv)
+    return fv
+
+
+def parse_args(argv: Sequence[str]) -> Args:
+    """Parses ``argv`` (without the program name). Every problem is one UserError."""
     from glean_jax.config_cli import apply_none_overrides, forget_loaded_config
 
     forget_loaded_config()
+    fv = _flag_values(argv)
     try:
-        FLAGS(["glean_jax.train", *argv])
+        fv(["glean_jax.train", *argv])
     except flags.UnrecognizedFlagError as e:
         name = str(e).split("'")[1] if "'" in str(e) else str(e)
         what = "unknown config field" if name.startswith("config.") else "unknown flag"
@@ -59,7 +79,7 @@ def parse_args(argv: Sequence[str]) -> ConfigDict:
         raise UserError(f"command line: {str(e).splitlines()[0]}; expected existing config fields with values of "
                         "the right type") from e
     try:
-        config = FLAGS.config
+        config = fv.config
         if config is not None:
             config.keys()   # a file that failed to load is a stand-in object that raises here
     except Exception as e:  # noqa: BLE001 - config_flags loads the file lazily and raises many types
@@ -68,9 +88,10 @@ def parse_args(argv: Sequence[str]) -> ConfigDict:
     if config is None:
         raise UserError("--config: missing; expected a training config file such as configs/demo.py")
     apply_none_overrides(config, argv)
-    if not FLAGS.workdir:
+    if not fv.workdir:
         raise UserError("--workdir: missing; expected the run directory (created if needed, resumed if present)")
-    return config
+    return Args(config, fv.workdir, fv.coordinator_address, fv.num_processes, fv.process_id, fv.distributed,
+                fv.progress)
 
 
 def check_workdir(workdir: str) -> None:
@@ -120,18 +141,19 @@ def params_digest(tree: object) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    config = parse_args(argv)
+    args = parse_args(argv)
+    config = args.config
     from glean_jax.training.config import validate_config
 
     validate_config(config)
-    check_workdir(FLAGS.workdir)
-    init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+    check_workdir(args.workdir)
+    init_distributed(args.coordinator_address, args.num_processes, args.process_id, args.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from glean_jax.training.loop import train_and_evaluate
 
-    summary = train_and_evaluate(config, FLAGS.workdir, progress=FLAGS.progress)
+    summary = train_and_evaluate(config, args.workdir, progress=args.progress)
     import jax
 
     ev = summary["eval"]
@@ -139,7 +161,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"[process {jax.process_index()}/{jax.process_count()}] step {summary['step']}"
           + (f" (stopped by {summary['stopped']})" if summary["stopped"] else "")
           + "".join(f", {k} {v:.4f}" for k, v in last.items())
-          + f"; G params sha256 {params_digest(summary['state'].g_params)[:16]}; workdir {FLAGS.workdir}", flush=True)
+          + f"; G params sha256 {params_digest(summary['state'].g_params)[:16]}; workdir {args.workdir}", flush=True)
     return 0
 
 

@@ -44,8 +44,9 @@ def load(path: Path):
     cmd = mod.__doc__.splitlines()[0].split()
     assert cmd[:5] == ["python", "-m", "glean_jax.train", "--config", f"configs/{path.name}"], cmd
     assert cmd[5] == "--workdir" and len(cmd) == 7, cmd
-    cfg = train.parse_args(["--config", str(ROOT / cmd[4]), *cmd[5:]])
-    assert train.FLAGS.workdir == cmd[6]
+    args = train.parse_args(["--config", str(ROOT / cmd[4]), *cmd[5:]])
+    cfg = args.config
+    assert args.workdir == cmd[6]
     assert cfg.to_dict() == mod.get_config().to_dict()
     return cfg
 
@@ -191,14 +192,13 @@ def test_cli_requires_workdir():
                                                       "(created if needed, resumed if present)")
 
 
-def test_none_overrides_of_train():
-    """``--config.FIELD=None`` on train's command line sets a nullable field to None (config_flags alone stores the
-    text 'None'); other fields keep config_flags' result, which validation then rejects with one line."""
-    from glean_jax.config_cli import apply_none_overrides
-
-    cfg = base_config()
-    cfg.pretrained.vgg16 = "None"      # what config_flags leaves for --config.pretrained.vgg16=None
-    cfg.eval_lpips_net = "None"
-    apply_none_overrides(cfg, ["--workdir", "w", "--config.pretrained.vgg16", "None", "--config.eval_lpips_net=None",
-                               "--config.precision=None"])
-    assert cfg.pretrained.vgg16 is None and cfg.eval_lpips_net is None and cfg.precision == "float32"
+def test_train_overrides_in_process_and_none():
+    """train's parse reads the overrides of the argv it is given (not sys.argv); ``--config.FIELD=None`` sets a
+    nullable field to None (config_flags alone stores the text 'None'), other fields take typed values."""
+    args = train.parse_args(["--config", str(ROOT / "configs" / "demo.py"), "--workdir", "w", "--progress=false",
+                             "--config.pretrained.vgg16", "None", "--config.eval_lpips_net=None",
+                             "--config.batch_size=8", "--config.model.out_size=32"])
+    cfg = args.config
+    assert cfg.pretrained.vgg16 is None and cfg.eval_lpips_net is None
+    assert (cfg.batch_size, cfg.model.out_size, cfg.data.out_size) == (8, 32, 32)
+    assert (args.workdir, args.progress) == ("w", False)
