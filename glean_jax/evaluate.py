@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from glean_jax import metrics
+from glean_jax import metrics, zoo
 from glean_jax.errors import UserError, cli_entry
 from glean_jax.images import IMAGE_EXTENSIONS, atomic_write_bytes, read_rgb
 from glean_jax.metrics import MetricAccumulator
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--checkpoint over the test set of --config (fields overridden with --config.a.b=VALUE).")
     p.add_argument("--pred-dir", help="folder of predictions: images, or .npy raw outputs in [-1, 1]")
     p.add_argument("--gt-dir", help="folder of ground-truth images (matched by file-name stem)")
-    p.add_argument("--checkpoint", help="GLEAN model directory to evaluate on the --config test set")
+    zoo.add_model_arguments(p, "the GLEAN to evaluate on the --config test set")
     p.add_argument("--config", help="config file (configs/*.py) whose config.data names the test set")
     p.add_argument("--save-images", help="checkpoint mode: also write the outputs as <name>.png into this folder")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="checkpoint mode: images per model call")
@@ -381,16 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest, overrides = config_cli.split_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(rest)
     pred_mode = args.pred_dir is not None or args.gt_dir is not None
-    model_mode = args.checkpoint is not None or args.config is not None
+    model_mode = args.checkpoint is not None or args.model is not None or args.config is not None
     if pred_mode == model_mode:
         parser.error("give either --pred-dir P --gt-dir G (score outputs) or --checkpoint DIR --config CFG (run a "
                      "model on a test set)" + ("; got both" if pred_mode else "; got neither"))
     if pred_mode and (args.pred_dir is None or args.gt_dir is None):
         parser.error(f"{'--gt-dir' if args.gt_dir is None else '--pred-dir'} is missing; expected --pred-dir P "
                      "--gt-dir G together")
-    if model_mode and (args.checkpoint is None or args.config is None):
-        parser.error(f"{'--config' if args.config is None else '--checkpoint'} is missing; expected --checkpoint "
-                     "DIR --config CFG together")
+    if model_mode and ((args.checkpoint is None and args.model is None) or args.config is None):
+        parser.error(f"{'--config' if args.config is None else '--checkpoint (or --model)'} is missing; expected "
+                     "--checkpoint DIR (or --model NAME) and --config CFG together")
     if pred_mode and (overrides or args.save_images is not None):
         parser.error("--config.* overrides and --save-images belong to --checkpoint/--config mode; expected them "
                      "without --pred-dir")
@@ -404,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.metrics = parse_metrics(args.metrics)
     args.lpips_net = _lpips_net(args)
     if model_mode:
+        args.checkpoint = zoo.model_from_arguments(args)
         acc = evaluate_model.run(args, overrides)
     else:
         # LPIPS weights are read here: a missing or corrupt file fails before any image is scored

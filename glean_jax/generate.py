@@ -1,6 +1,7 @@
 """Sample a picture grid from a converted StyleGAN2 latent bank.
 
-    python -m glean_jax.generate --checkpoint DIR [--seeds 0-15 | --z Z.npy | --w-plus W.npy] [--truncation T]
+    python -m glean_jax.generate --model stylegan2_ffhq1024 | --checkpoint DIR [--seeds 0-15 | --z Z.npy
+        | --w-plus W.npy] [--truncation T]
         [--truncation-samples 4096] [--noise fixed|random] [--noise-seed S] [--batch-size N]
         [--dtype float32|bfloat16] --out grid.png [--save-raw OUT.npy] [--nrow K]
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glean_jax import zoo
 from glean_jax.arch import num_latents as arch_num_latents
 from glean_jax.errors import UserError, cli_entry
 
@@ -263,7 +265,7 @@ def generate(arch: dict, variables: dict, latents: np.ndarray, *, input_is_laten
 
 def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m glean_jax.generate", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--checkpoint", required=True, help="model directory from convert.mmagic (StyleGAN2 or GLEAN)")
+    zoo.add_model_arguments(ap, "the StyleGAN2 bank to sample (a StyleGAN2 or GLEAN model)")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--seeds", default=None, help="seeds: 0-15 (default), 1,4,9 or 3")
     src.add_argument("--z", default=None, help="(N, style_channels) .npy array of z latents")
@@ -298,6 +300,7 @@ def main(argv: Sequence[str]) -> int:
     if raw is not None and raw.resolve() == out.resolve():
         raise UserError(f"--save-raw {raw}: same file as --out")
 
+    args.checkpoint = zoo.model_from_arguments(args)
     arch = bank_arch(args.checkpoint)   # latents are checked before the (slower) variable restore
     c = int(arch["style_channels"])
     num_latents = arch_num_latents(int(arch["out_size"]))

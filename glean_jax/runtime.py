@@ -56,6 +56,14 @@ def jit(fun: Callable, **kwargs: Any) -> Callable:
     return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
 
 
+def use_compilation_cache(directory: str | os.PathLike, min_compile_s: float = 0.5) -> None:
+    """Keeps XLA executables that took at least ``min_compile_s`` to compile in ``directory`` (JAX's persistent
+    compilation cache), so a later process running the same functions loads them instead of compiling again. Call
+    before the first compilation; the CLIs that run a model do so by default (``--no-cache`` to not)."""
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_s))
+
+
 def release_host_memory() -> bool:
     """Hands the heap memory that the process has freed back to the operating system (glibc's ``malloc_trim(0)``);
     False where there is no glibc (nothing is done).

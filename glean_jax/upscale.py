@@ -2,7 +2,8 @@
 
 ::
 
-    python -m glean_jax.upscale --checkpoint DIR INPUT... --output OUT [--resize] [--batch-size N]
+    python -m glean_jax.upscale --model glean_cat_8x INPUT... --output OUT [--resize] [--batch-size N]
+    python -m glean_jax.upscale --checkpoint DIR|FILE.pth|WORKDIR INPUT... --output OUT ...
         [--dtype float32|bfloat16] [--save-raw]
 
 Inputs are image files or folders of them (PNG, JPEG, WebP, BMP; folders are not searched recursively). Each image
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glean_jax import zoo
 from glean_jax.checkpoint import glean_geometry
 from glean_jax.errors import EXIT_USER_ERROR, UserError, cli_entry
 from glean_jax.images import IMAGE_EXTENSIONS, list_images, read_rgb, to_uint8, write_npy, write_png
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m glean_jax.upscale",
         description="Super-resolve images with a GLEAN checkpoint (converted from mmagic or trained here).")
-    p.add_argument("--checkpoint", required=True, help="model directory written by convert.mmagic or train")
+    zoo.add_model_arguments(p, "the GLEAN to use")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (PNG, JPEG, WebP, BMP)")
     p.add_argument("--output", required=True,
                    help="output folder (created), or FILE.png when there is a single input")
@@ -157,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = build_parser().parse_args(argv)
+    args.checkpoint = zoo.model_from_arguments(args)
     in_size, out_size = glean_geometry(args.checkpoint)
     inputs = list_images(args.inputs)
     plan, single = plan_outputs(inputs, args.output, args.save_raw)

@@ -266,7 +266,7 @@ BAD = [
     (["--truncation", "nan"], ["--truncation"]),
     (["--batch-size", "0"], ["--batch-size", "positive"]),
     (["--nrow", "0"], ["--nrow"]),
-    (["--checkpoint", "{d}/no_such_ckpt"], ["no_such_ckpt", "no such checkpoint"]),
+    (["--checkpoint", "{d}/no_such_ckpt"], ["no_such_ckpt", "no such file or directory; expected a model directory"]),
     (["--checkpoint", "{d}/vgg"], ["vgg", "'vgg16'", "expected"]),
     (["--checkpoint", "{d}/d_only"], ["d_only", "no generator"]),
     (["--checkpoint", "{d}"], ["model.json"]),

@@ -239,7 +239,7 @@ def test_bad_input(case, tmp_path, capsys):
         expect = [str(ckpt), "expected a GLEAN checkpoint"]
     elif case == "no_checkpoint":
         args[1] = tmp_path / "nockpt"
-        expect = [str(tmp_path / "nockpt"), "no such checkpoint"]
+        expect = [str(tmp_path / "nockpt"), "no such file or directory; expected a model directory"]
     elif case == "output_is_input":
         args[4] = out = a
         expect = [str(a), "is an input"]
@@ -304,6 +304,6 @@ def test_module_entry_point(tmp_path):
                         str(tmp_path / "a.png"), "--output", str(tmp_path / "out")],
                        cwd=repo, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such checkpoint directory (expected a "
-                                             "directory written by convert or train)"]
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such file or directory; expected a "
+                                             "model directory, a training WORKDIR, a .pth file or a model name"]
     assert not (tmp_path / "out").exists()
