@@ -57,6 +57,7 @@ from glean_jax import metrics, zoo
 from glean_jax.errors import UserError, cli_entry
 from glean_jax.images import IMAGE_EXTENSIONS, atomic_write_bytes, read_rgb
 from glean_jax.metrics import MetricAccumulator
+from glean_jax.shipped_weights import LPIPS_NETS
 
 RAW_EXTENSION = ".npy"
 CSV_MEAN_ROW = "<mean>"
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {' '.join(metrics.METRIC_NAMES)}). LPIPS (lower is better) is always on the "
                         "full RGB image")
     p.add_argument("--lpips-net", default=None, metavar="NET",
-                   help=f"LPIPS backbone: {' or '.join(metrics.LPIPS_NETS)} (default alex); needs LPIPS in --metrics")
+                   help=f"LPIPS backbone: {' or '.join(LPIPS_NETS)} (default alex); needs LPIPS in --metrics")
     p.add_argument("--verbose", action="store_true", help="print a row per image, not only the mean")
     return p
 
@@ -348,9 +349,9 @@ def parse_metrics(names: Sequence[str]) -> tuple[str, ...]:
 def _lpips_net(args: argparse.Namespace) -> str:
     if args.lpips_net is None:
         return "alex"
-    if args.lpips_net not in metrics.LPIPS_NETS:
+    if args.lpips_net not in LPIPS_NETS:
         raise UserError(f"--lpips-net {args.lpips_net}: unknown LPIPS net; expected one of "
-                        f"{', '.join(metrics.LPIPS_NETS)}")
+                        f"{', '.join(LPIPS_NETS)}")
     if "LPIPS" not in args.metrics:
         raise UserError(f"--lpips-net {args.lpips_net}: LPIPS is not among --metrics {' '.join(args.metrics)}; "
                         "expected --metrics ... LPIPS with it")

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from glean_jax.errors import UserError
+from glean_jax.shipped_weights import check_net
 
 Convention = Literal["1.x", "0.x"]
 CONVENTIONS: tuple[str, ...] = ("1.x", "0.x")
@@ -53,8 +54,6 @@ ALL_METRICS: tuple[str, ...] = METRIC_NAMES + ("LPIPS",)
 """Every metric :class:`MetricAccumulator` can compute."""
 LOWER_IS_BETTER: frozenset[str] = frozenset({"MAE", "LPIPS"})
 """Metrics for which a smaller value is better (PSNR and SSIM: larger is better)."""
-LPIPS_NETS: tuple[str, ...] = ("alex", "vgg")
-"""LPIPS backbones (``glean_jax.models.lpips.NETS``, the lpips package's ``net`` names; 'alex' is its default)."""
 
 # MATLAB-style SSIM constants (mmagic ssim.py `_ssim`).
 SSIM_C1 = (0.01 * 255) ** 2
@@ -278,18 +277,11 @@ def lpips_input(img: np.ndarray) -> np.ndarray:
     return np.asarray(x / (255.0 / 2.0) - 1.0, np.float32)[None]
 
 
-def check_lpips_net(net: Any) -> str:
-    """``net`` if it is an LPIPS backbone (:data:`LPIPS_NETS`), else a one-line :class:`UserError`."""
-    if not isinstance(net, str) or net not in LPIPS_NETS:
-        raise UserError(f"LPIPS net {net!r}: unknown; expected one of {', '.join(LPIPS_NETS)}")
-    return net
-
-
 def lpips_min_size(net: str) -> int:
     """The smallest image side LPIPS with ``net`` accepts (``glean_jax.models.lpips.MIN_SIZE``: alex 31, vgg 16)."""
     from glean_jax.models.lpips import MIN_SIZE
 
-    return MIN_SIZE[check_lpips_net(net)]
+    return MIN_SIZE[check_net(net)]
 
 
 def load_lpips(net: str) -> Callable[[np.ndarray, np.ndarray], Any]:
@@ -297,7 +289,7 @@ def load_lpips(net: str) -> Callable[[np.ndarray, np.ndarray], Any]:
     (:func:`glean_jax.shipped_weights.lpips_params`, read and checked now: missing or corrupt weights raise their
     one-line :class:`UserError` here), jitted on first call (:func:`glean_jax.models.lpips.make_lpips`; one
     compilation per image shape). Give it to several accumulators as ``lpips_fn`` to load the weights once."""
-    check_lpips_net(net)
+    check_net(net)
     from glean_jax.models.lpips import make_lpips
     from glean_jax.shipped_weights import lpips_params
 
@@ -337,13 +329,10 @@ class MetricAccumulator:
         if unknown or not metric_names or len(set(metric_names)) != len(metric_names):
             raise UserError(f"metrics {list(metric_names)!r}; expected some of {', '.join(ALL_METRICS)}, each once")
         self.metric_names = metric_names
-        self.lpips_net = check_lpips_net(lpips_net)
-        self._lpips_params: Any = None
+        self.lpips_net = check_net(lpips_net)
         self._lpips_fn = lpips_fn
         if "LPIPS" in metric_names and lpips_fn is None:
-            from glean_jax.shipped_weights import lpips_params
-
-            self._lpips_params = lpips_params(lpips_net)   # errors now, before any image is scored
+            self._lpips_fn = load_lpips(lpips_net)   # reads the weights now: errors before any image is scored
         if convention not in CONVENTIONS:
             raise UserError(f"convention={convention!r}; expected one of {', '.join(CONVENTIONS)}")
         if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
@@ -405,10 +394,6 @@ class MetricAccumulator:
         if h < minimum or w < minimum:
             raise UserError(f"image is {w}x{h} px; LPIPS (net={self.lpips_net!r}) needs at least "
                             f"{minimum}x{minimum}")
-        if self._lpips_fn is None:
-            from glean_jax.models.lpips import make_lpips
-
-            self._lpips_fn = make_lpips(self.lpips_net, self._lpips_params)
         d = np.asarray(self._lpips_fn(lpips_input(img), lpips_input(gt)))
         return float(d.reshape(-1)[0])
 

