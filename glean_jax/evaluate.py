@@ -405,8 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.metrics = parse_metrics(args.metrics)
     args.lpips_net = _lpips_net(args)
     if model_mode:
-        args.checkpoint = zoo.model_from_arguments(args)
-        acc = evaluate_model.run(args, overrides)
+        from glean_jax import runtime
+
+        with runtime.compilation_cache(zoo.compile_cache_dir(args)):
+            args.checkpoint = zoo.model_from_arguments(args)
+            acc = evaluate_model.run(args, overrides)
     else:
         # LPIPS weights are read here: a missing or corrupt file fails before any image is scored
         acc = MetricAccumulator(args.convention, args.crop_border, args.y_channel, metric_names=args.metrics,

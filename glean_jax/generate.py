@@ -299,7 +299,13 @@ def main(argv: Sequence[str]) -> int:
     raw = _check_output(args.save_raw, "--save-raw", ".npy") if args.save_raw else None
     if raw is not None and raw.resolve() == out.resolve():
         raise UserError(f"--save-raw {raw}: same file as --out")
+    from glean_jax import runtime
 
+    with runtime.compilation_cache(zoo.compile_cache_dir(args)):
+        return _generate(args, seeds, out, raw)
+
+
+def _generate(args: argparse.Namespace, seeds: list[int] | None, out: Path, raw: Path | None) -> int:
     args.checkpoint = zoo.model_from_arguments(args)
     arch = bank_arch(args.checkpoint)   # latents are checked before the (slower) variable restore
     c = int(arch["style_channels"])

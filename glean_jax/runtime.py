@@ -14,9 +14,10 @@ Call these after ``jax.distributed.initialize`` (asking for the backend initiali
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -56,12 +57,30 @@ def jit(fun: Callable, **kwargs: Any) -> Callable:
     return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
 
 
-def use_compilation_cache(directory: str | os.PathLike, min_compile_s: float = 0.5) -> None:
-    """Keeps XLA executables that took at least ``min_compile_s`` to compile in ``directory`` (JAX's persistent
-    compilation cache), so a later process running the same functions loads them instead of compiling again. Call
-    before the first compilation; the CLIs that run a model do so by default (``--no-cache`` to not)."""
+_CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str | os.PathLike | None, min_compile_s: float = 0.5) -> Iterator[None]:
+    """Within the block, XLA executables that took at least ``min_compile_s`` to compile are kept in ``directory``
+    (JAX's persistent compilation cache) and looked up there, so a later process running the same functions loads
+    them instead of compiling again; ``None`` changes nothing. JAX's settings are process-wide: they are restored
+    when the block ends. The CLIs that run a model use ``<cache>/xla`` by default (``--no-cache`` to not)."""
+    if directory is None:
+        yield
+        return
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    saved = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS}
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_s))
+    cc.reset_cache()   # JAX opens its cache once per process: make it open this directory
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        cc.reset_cache()
 
 
 def release_host_memory() -> bool:

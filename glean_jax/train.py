@@ -1,7 +1,9 @@
 """Train GLEAN: ``python -m glean_jax.train --config configs/ffhq_x16.py --workdir DIR [--config.field=value ...]``.
 
 The config files (``configs/*.py``) mirror mmagic's GLEAN configs; any field can be overridden on the command line
-(``--config.batch_size=8``, ``--config.pretrained.stylegan2=ckpt/stylegan2_ffhq``). The config is validated before
+(``--config.batch_size=8``, ``--config.pretrained.stylegan2=stylegan2_ffhq1024``: ``pretrained.*`` take a
+model name of ``python -m glean_jax.zoo list``, downloaded and converted on first use, a ``.pth``, a training workdir
+or a converted directory). The config is validated before
 any compute: unknown fields and bad values stop with one line (exit 2; ``--debug`` shows the traceback). An
 existing ``--workdir`` resumes from its latest checkpoint. SIGTERM / Ctrl-C save a checkpoint and exit cleanly.
 
@@ -145,7 +147,7 @@ def main(argv: Sequence[str]) -> int:
     config = args.config
     from glean_jax.training.config import validate_config
 
-    validate_config(config)
+    validate_config(config, check_files=False)   # the files, after resolve_pretrained, in train_and_evaluate
     check_workdir(args.workdir)
     init_distributed(args.coordinator_address, args.num_processes, args.process_id, args.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)

@@ -156,9 +156,16 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm import tqdm
+    from glean_jax import runtime
 
     args = build_parser().parse_args(argv)
+    with runtime.compilation_cache(zoo.compile_cache_dir(args)):
+        return _upscale(args)
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     args.checkpoint = zoo.model_from_arguments(args)
     in_size, out_size = glean_geometry(args.checkpoint)
     inputs = list_images(args.inputs)

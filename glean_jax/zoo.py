@@ -482,10 +482,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    cli_entry(main)
-
-
 def add_model_arguments(parser: Any, what: str) -> None:
     """``--checkpoint PATH`` / ``--model NAME`` (one of them) and ``--model-index FILE`` for a CLI that reads a
     model: ``what`` says which models it takes (help text)."""
@@ -503,14 +499,15 @@ def add_model_arguments(parser: Any, what: str) -> None:
                              "cache: a second run loads them instead of compiling)")
 
 
+def compile_cache_dir(args: Any) -> Path | None:
+    """Where a CLI keeps its compiled functions (``glean_jax.runtime.compilation_cache``): ``<cache>/xla``, or None
+    with ``--no-cache`` (see :func:`add_model_arguments`)."""
+    return None if getattr(args, "no_cache", True) else cache_dir() / "xla"
+
+
 def model_from_arguments(args: Any, required: bool = True) -> Path | None:
     """The model directory that ``--checkpoint`` / ``--model`` (see :func:`add_model_arguments`) name; None when
-    neither is given and not ``required`` (else one line). Unless ``--no-cache``, also turns on JAX's persistent
-    compilation cache in ``<cache>/xla``."""
-    if not getattr(args, "no_cache", True):
-        from glean_jax import runtime
-
-        runtime.use_compilation_cache(cache_dir() / "xla")
+    neither is given and not ``required`` (else one line)."""
     if getattr(args, "model", None):
         return fetch(args.model, args.model_index)
     if getattr(args, "checkpoint", None):
@@ -519,3 +516,7 @@ def model_from_arguments(args: Any, required: bool = True) -> Path | None:
         raise UserError("--checkpoint or --model: missing; expected a model directory, a .pth, a training workdir "
                         "or a model name (python -m glean_jax.zoo list)")
     return None
+
+
+if __name__ == "__main__":
+    cli_entry(main)

@@ -546,6 +546,61 @@ def test_resolve_model_dir_workdir_and_bad_paths(tmp_path, cache, capsys):
         assert expect in _error(e), (bad, str(e.value))
 
 
+@pytest.mark.oracle
+def test_training_pretrained_takes_names_and_pth_files(ckpts, srv, cache, tmp_path, monkeypatch):
+    """config.pretrained.* take zoo names and .pth files (training.config.resolve_pretrained, which train runs): a
+    name is fetched through the index ($GLEAN_JAX_MODEL_INDEX), a .pth converted into the cache; the bank that
+    training then loads is the fetched model's, array for array."""
+    from glean_jax.arch import GleanArch
+    from glean_jax.checkpoint import load_meta, load_model
+    from glean_jax.training import step as S
+    from glean_jax.training.config import base_config, resolve_pretrained, validate_config
+    from glean_jax.training.weights import initial_weights
+
+    file, entry = _serve(srv, "sg2_train", ckpts["sg2"].read_bytes(), kind="stylegan2", out_size=64)
+    monkeypatch.setenv("GLEAN_JAX_MODEL_INDEX", str(_index(tmp_path / "i.json", {"sg2_train": entry})))
+    sg2 = load_meta(zoo.resolve_checkpoint(ckpts["sg2"]))["generator"]
+    c = base_config()
+    c.model.update(GleanArch(16, 64, rrdb_channels=8, num_rrdbs=1, style_channels=sg2["style_channels"],
+                             num_mlps=sg2["num_mlps"], channel_multiplier=sg2["channel_multiplier"]).to_dict())
+    c.pretrained.stylegan2 = "sg2_train"
+    c.pretrained.allow_random = True   # the served StyleGAN2 holds no discriminator
+    c.data.source = "synthetic"
+    with pytest.raises(UserError, match="no such directory; expected a model directory"):
+        validate_config(c)   # a name is not a directory until resolved
+    assert resolve_pretrained(c) == {"stylegan2": "sg2_train"}
+    assert c.pretrained.stylegan2 == str(cache / "models" / f"sg2_train-{entry['sha256']}")
+    assert srv.gets(file) == [None]
+    validate_config(c)
+    g, d = S.build_modules(c)
+    gv, _, _, info = initial_weights(c, g, d)
+    _, fetched = load_model(c.pretrained.stylegan2)
+    want, got = _flat(fetched["generator"]["params"]), _flat(gv["params"][S.BANK])
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert info["bank"].startswith(str(cache / "models"))
+    assert resolve_pretrained(c) == {} and srv.gets(file) == [None]   # a directory stays; nothing fetched again
+
+    glean = base_config()
+    glean.pretrained.glean = str(ckpts["glean"])   # a released-style GLEAN .pth to fine-tune
+    assert resolve_pretrained(glean) == {"glean": str(ckpts["glean"])}
+    assert glean.pretrained.glean == str(cache / "pth" / _sha(ckpts["glean"].read_bytes()))
+    assert load_meta(glean.pretrained.glean)["kind"] == "glean"
+
+
+def test_train_with_an_unknown_pretrained_name_is_one_line(tmp_path, cache, capsys):
+    from glean_jax import train
+
+    workdir = tmp_path / "run"
+    code = run_cli(train.main, ["--config", str(ROOT / "configs" / "demo.py"), "--workdir", str(workdir),
+                                "--config.pretrained.stylegan2=stylegan2_dog512"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not workdir.exists()
+    assert err[-1].startswith("error: config.pretrained.stylegan2='stylegan2_dog512': no such file or directory, nor "
+                              "a model name (glean_cat_8x"), err
+
+
 # ------------------------------------------------------------------------------------------------------------- list
 def test_list_shows_every_packaged_name_and_its_cache_state(tmp_path):
     cache = tmp_path / "cache"
@@ -592,7 +647,7 @@ def test_upscale_model_name_pth_and_workdir_equal_the_hand_conversion(ckpts, srv
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(img)
     (tmp_path / "work").mkdir()
     conv.convert_file(ckpts["glean"], tmp_path / "work" / "model")   # a training workdir's final export
-    outs = {}
+    outs, cache_setting = {}, jax.config.jax_compilation_cache_dir
     for label, args in (("hand", ["--checkpoint", str(tmp_path / "work" / "model")]),
                         ("model", ["--model", "glean_cli", "--model-index", str(index)]),
                         ("pth", ["--checkpoint", str(ckpts["glean"])]),
@@ -600,6 +655,7 @@ def test_upscale_model_name_pth_and_workdir_equal_the_hand_conversion(ckpts, srv
         assert run_cli(upscale.main, [*args, str(img), "--output", str(tmp_path / f"{label}.png")]) == 0, label
         outs[label] = np.asarray(Image.open(tmp_path / f"{label}.png"))
     assert "the final export of the training run" in capsys.readouterr().err
+    assert jax.config.jax_compilation_cache_dir == cache_setting   # <cache>/xla was used within each call only
     for label in ("model", "pth", "workdir"):
         np.testing.assert_array_equal(outs[label], outs["hand"], err_msg=label)
     assert outs["hand"].shape == (64, 64, 3)

