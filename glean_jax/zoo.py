@@ -34,7 +34,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -46,8 +45,6 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from glean_jax.errors import UserError, cli_entry
-
-log = logging.getLogger("glean_jax.zoo")
 
 INDEX_FILE = Path(__file__).with_name("model_index.json")
 CACHE_ENV = "GLEAN_JAX_CACHE"
@@ -65,7 +62,6 @@ _WORKDIR_MARKERS = ("best_psnr", "checkpoints", "tb", "samples", "summary.json")
 
 # ---------------------------------------------------------------------------------------------------- small helpers
 def _say(msg: str) -> None:
-    log.info(msg)
     print(msg, file=sys.stderr, flush=True)
 
 

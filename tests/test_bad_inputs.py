@@ -501,9 +501,11 @@ def missing_data_folder(t):
 
 
 @case("glean_jax.train")
-def pretrained_is_a_file(t):
-    return Case(_train(t, f"--config.pretrained.stylegan2={t.m['sg_pth']}"),
-                ["config.pretrained.stylegan2", "sg.pth", "expected"])
+def pretrained_is_a_file_but_not_a_checkpoint(t):
+    notes = t.d / "bank.txt"
+    notes.write_text("not a checkpoint")
+    return Case(_train(t, f"--config.pretrained.stylegan2={notes}"),
+                ["config.pretrained.stylegan2", "bank.txt", "not a .pth file", "expected"])
 
 
 @case("glean_jax.train")

@@ -554,7 +554,7 @@ def test_training_pretrained_takes_names_and_pth_files(ckpts, srv, cache, tmp_pa
     from glean_jax.arch import GleanArch
     from glean_jax.checkpoint import load_meta, load_model
     from glean_jax.training import step as S
-    from glean_jax.training.config import base_config, resolve_pretrained, validate_config
+    from glean_jax.training.config import base_config, pretrained_as_given, resolve_pretrained, validate_config
     from glean_jax.training.weights import initial_weights
 
     file, entry = _serve(srv, "sg2_train", ckpts["sg2"].read_bytes(), kind="stylegan2", out_size=64)
@@ -568,7 +568,8 @@ def test_training_pretrained_takes_names_and_pth_files(ckpts, srv, cache, tmp_pa
     c.data.source = "synthetic"
     with pytest.raises(UserError, match="no such directory; expected a model directory"):
         validate_config(c)   # a name is not a directory until resolved
-    assert resolve_pretrained(c) == {"stylegan2": "sg2_train"}
+    given = resolve_pretrained(c)
+    assert given == {"stylegan2": "sg2_train"}
     assert c.pretrained.stylegan2 == str(cache / "models" / f"sg2_train-{entry['sha256']}")
     assert srv.gets(file) == [None]
     validate_config(c)
@@ -581,6 +582,11 @@ def test_training_pretrained_takes_names_and_pth_files(ckpts, srv, cache, tmp_pa
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     assert info["bank"].startswith(str(cache / "models"))
     assert resolve_pretrained(c) == {} and srv.gets(file) == [None]   # a directory stays; nothing fetched again
+    c.model.in_size, c.model.out_size = 32, 128   # a geometry the bank does not have: the error names the name
+    with pytest.raises(UserError) as e, pretrained_as_given(c, given):
+        validate_config(c)
+    assert _error(e).startswith(f"config.pretrained.stylegan2='sg2_train' (converted: {c.pretrained.stylegan2}): the "
+                                "StyleGAN2 generator has out_size=64 but the config needs 128"), str(e.value)
 
     glean = base_config()
     glean.pretrained.glean = str(ckpts["glean"])   # a released-style GLEAN .pth to fine-tune

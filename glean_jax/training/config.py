@@ -9,8 +9,10 @@ import JAX.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from ml_collections import ConfigDict, config_dict
@@ -275,6 +277,22 @@ def resolve_pretrained(cfg: ConfigDict) -> dict[str, str]:
             cfg.pretrained[key] = path
             given[key] = value
     return given
+
+
+@contextlib.contextmanager
+def pretrained_as_given(cfg: ConfigDict, given: dict[str, str]) -> Iterator[None]:
+    """Errors raised within name a ``pretrained.*`` that :func:`resolve_pretrained` replaced by the value the user
+    gave (a name, a .pth), and the converted directory after it."""
+    try:
+        yield
+    except UserError as e:
+        msg = str(e)
+        for key, value in given.items():
+            msg = msg.replace(f"config.pretrained.{key}={cfg.pretrained[key]!r}",
+                              f"config.pretrained.{key}={value!r} (converted: {cfg.pretrained[key]})")
+        if msg == str(e):
+            raise
+        raise UserError(msg) from e
 
 
 def _meta_mismatch(path_field: str, path: str, arch: dict | None, what: str, want: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from glean_jax.errors import UserError
 from glean_jax.images import write_png
 from glean_jax.training import step as step_lib
 from glean_jax.training.checkpointing import RunCheckpoints, abstract_like
-from glean_jax.training.config import resolve_pretrained, validate_config
+from glean_jax.training.config import pretrained_as_given, resolve_pretrained, validate_config
 from glean_jax.training.evaluation import Evaluator
 from glean_jax.training.weights import export_model, flat_paths, initial_weights, to_global, to_host
 
@@ -152,9 +152,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
     preemptible jobs); ``config.total_steps`` still defines the schedule. ``jit_cache``: runs in one process that
     share one compile nothing again (:class:`glean_jax.runtime.JitCache`).
     """
-    for key, given in resolve_pretrained(config).items():   # model names, .pth files, workdirs -> directories
-        log.info("config.pretrained.%s=%r: using %s", key, given, config.pretrained[key])
-    validate_config(config)
+    given = resolve_pretrained(config)   # model names, .pth files, workdirs -> model directories
+    for key, value in given.items():
+        log.info("config.pretrained.%s=%r: using %s", key, value, config.pretrained[key])
+    with pretrained_as_given(config, given):
+        validate_config(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     mesh = step_lib.make_mesh(config)
@@ -166,7 +168,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *, stop_a
 
     t0 = time.time()
     jit_cache = jit_cache if jit_cache is not None else runtime.JitCache()
-    gv, d_params, vgg, info = initial_weights(config, g, d, jit_cache)
+    with pretrained_as_given(config, given):
+        gv, d_params, vgg, info = initial_weights(config, g, d, jit_cache)
     if is_main:   # only now: a config whose data or weights do not load leaves no run folder behind
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
