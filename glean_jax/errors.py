@@ -51,3 +51,24 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
 def cli_entry(main: Callable[[Sequence[str]], int | None]) -> None:
     """``if __name__ == '__main__': cli_entry(main)`` for every ``python -m`` command."""
     sys.exit(run_cli(main))
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer >= ``low`` (argparse turns the message into its one-line usage error)."""
+
+    def parse(text: str) -> int:
+        import argparse
+
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {low}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v}; expected an integer >= {low}")
+        return v
+
+    return parse
+
+
+non_negative_int = int_at_least(0)
+positive_int = int_at_least(1)

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from glean_jax import metrics, zoo
-from glean_jax.errors import UserError, cli_entry
+from glean_jax.errors import UserError, cli_entry, non_negative_int, positive_int
 from glean_jax.images import IMAGE_EXTENSIONS, atomic_write_bytes, read_rgb
 from glean_jax.metrics import MetricAccumulator
 from glean_jax.shipped_weights import LPIPS_NETS
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_model_arguments(p, "the GLEAN to evaluate on the --config test set")
     p.add_argument("--config", help="config file (configs/*.py) whose config.data names the test set")
     p.add_argument("--save-images", help="checkpoint mode: also write the outputs as <name>.png into this folder")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="checkpoint mode: images per model call")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="checkpoint mode: images per model call")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="checkpoint mode: compute dtype (default float32)")
     p.add_argument("--json", help="write per-image and mean metrics as JSON here")
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", choices=metrics.CONVENTIONS, default="1.x",
                    help="how a .npy raw output becomes the prediction: 1.x = float, clipped, not rounded (mmagic "
                         "1.x); 0.x = rounded to uint8 (mmediting 0.x, the released numbers). Default 1.x")
-    p.add_argument("--crop-border", type=_non_negative_int, default=0,
+    p.add_argument("--crop-border", type=non_negative_int, default=0,
                    help="pixels cropped from each edge for PSNR and SSIM (mmagic crop_border; MAE is never cropped)")
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR and SSIM on the Y channel (mmagic convert_to='Y', BT.601); default all RGB channels")
@@ -356,23 +356,6 @@ def _lpips_net(args: argparse.Namespace) -> str:
         raise UserError(f"--lpips-net {args.lpips_net}: LPIPS is not among --metrics {' '.join(args.metrics)}; "
                         "expected --metrics ... LPIPS with it")
     return args.lpips_net
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is negative; expected an integer >= 0")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = _non_negative_int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 1")
-    return v
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,8 +29,6 @@ code is 2. Every file is written atomically, so there are never partial outputs.
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,8 +36,16 @@ import numpy as np
 
 from glean_jax import zoo
 from glean_jax.checkpoint import glean_geometry
-from glean_jax.errors import EXIT_USER_ERROR, UserError, cli_entry
-from glean_jax.images import IMAGE_EXTENSIONS, list_images, read_rgb, to_uint8, write_npy, write_png
+from glean_jax.errors import EXIT_USER_ERROR, UserError, cli_entry, positive_int
+from glean_jax.images import (
+    IMAGE_EXTENSIONS,
+    list_images,
+    load_each,
+    read_input,
+    to_uint8,
+    write_npy,
+    write_png,
+)
 
 DTYPE_CHOICES = ("float32", "bfloat16")
 
@@ -114,11 +120,7 @@ def plan_outputs(inputs: Sequence[Path], output: str | Path, save_raw: bool
 
 def _load_input(path: Path, in_size: int, resize: bool) -> np.ndarray:
     """Decodes one input (alpha / 16-bit warnings printed as one line each) and checks or fixes its size."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        img = read_rgb(path)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    img = read_input(path)
     h, w_ = img.shape[:2]
     if (h, w_) != (in_size, in_size):
         if not resize:
@@ -138,21 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (created), or FILE.png when there is a single input")
     p.add_argument("--resize", action="store_true",
                    help="area-resize inputs to the checkpoint's input size (default: a size mismatch is an error)")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="images per model call (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per model call (default 1)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype (default float32)")
     p.add_argument("--save-raw", action="store_true",
                    help="also write the float32 output (H, W, 3) in [-1, 1], unclipped, as <name>.npy")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 1")
-    return v
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,19 +164,9 @@ def _upscale(args: argparse.Namespace) -> int:
     plan, single = plan_outputs(inputs, args.output, args.save_raw)
 
     # Read and check every input before the model is loaded; keep the (small) in_size images.
-    good: list[tuple[Path, np.ndarray, Path, Path | None]] = []
-    bad: list[str] = []
-    for f, (png, npy) in zip(inputs, plan, strict=True):
-        try:
-            good.append((f, _load_input(f, in_size, args.resize), png, npy))
-        except UserError as e:
-            bad.append(str(e))
-    if len(bad) == 1 and not good:
-        raise UserError(bad[0])
-    for message in bad:
-        print(f"error: {message}", file=sys.stderr)
-    if not good:
-        raise UserError(f"none of the {len(inputs)} inputs could be used (listed above); nothing written")
+    loaded, n_bad = load_each(list(zip(inputs, plan, strict=True)),
+                              lambda item: _load_input(item[0], in_size, args.resize))
+    good = [(f, img, png, npy) for (f, (png, npy)), img in loaded]
 
     from glean_jax.inference import SRModel
 
@@ -213,8 +195,8 @@ def _upscale(args: argparse.Namespace) -> int:
     bar.close()
     where = plan[0][0] if single else Path(args.output)
     print(f"upscaled {len(good)} image{'s' if len(good) != 1 else ''} {in_size}->{out_size} to {where}"
-          + (f"; {len(bad)} input{'s' if len(bad) != 1 else ''} failed (listed above)" if bad else ""))
-    return EXIT_USER_ERROR if bad else 0
+          + (f"; {n_bad} input{'s' if n_bad != 1 else ''} failed (listed above)" if n_bad else ""))
+    return EXIT_USER_ERROR if n_bad else 0
 
 
 if __name__ == "__main__":

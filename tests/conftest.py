@@ -20,14 +20,29 @@ import pytest  # noqa: E402
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """With GLEAN_REQUIRE_ORACLE=1 (set by CI), an oracle-marked test that skips is a failure: parity must be
-    checked against the real mmagic, never silently dropped because the oracle is not installed."""
+    """With GLEAN_REQUIRE_ORACLE=1 (set by CI), an oracle- or browser-marked test that skips is a failure: parity
+    must be checked against the real mmagic, and the web page in the real browser, never silently dropped because the
+    oracle or Chromium is not installed."""
     outcome = yield
     rep = outcome.get_result()
-    if (rep.skipped and item.get_closest_marker("oracle") is not None
-            and os.environ.get("GLEAN_REQUIRE_ORACLE") == "1"):
+    marker = next((m for m in ("oracle", "browser") if item.get_closest_marker(m) is not None), None)
+    if rep.skipped and marker is not None and os.environ.get("GLEAN_REQUIRE_ORACLE") == "1":
         rep.outcome = "failed"
-        rep.longrepr = f"oracle test skipped but GLEAN_REQUIRE_ORACLE=1: {rep.longrepr}"
+        rep.longrepr = f"{marker} test skipped but GLEAN_REQUIRE_ORACLE=1: {rep.longrepr}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """``$GLEAN_JAX_CACHE`` for the whole run (and the commands it starts): the tests never write to the user's
+    ``~/.cache/glean_jax``. Tests of the cache itself set their own."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("glean_jax_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GLEAN_JAX_CACHE", str(d))
+    yield d
+    mp.undo()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
