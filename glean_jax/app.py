@@ -43,6 +43,8 @@ from glean_jax.errors import UserError, cli_entry
 UPSCALE = "Upscale"
 FACES = "Restore faces"
 INSTALL_HINT = "pip install 'glean-jax[app]'"
+KEEP_RESULTS = 32          # results kept for download; uploads are deleted by gradio after UPLOAD_AGE_S
+UPLOAD_AGE_S = 3600
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +102,16 @@ def face_factor(shape: tuple[int, ...], in_size: int, out_size: int, max_side: i
     """The upscale factor of a face restoration: the model's own (out_size // in_size), less if the result would be
     larger than ``max_side`` on a side (at least 1)."""
     return max(1, min(out_size // in_size, max_side // max(shape[:2])))
+
+
+def result_path(workdir: Path, name: str, keep: int = KEEP_RESULTS) -> Path:
+    """``name`` in a fresh folder of ``workdir`` for one result; older results beyond the newest ``keep`` are
+    deleted (a long-running page does not fill the disk)."""
+    import shutil
+
+    for old in sorted(workdir.iterdir(), key=lambda p: p.stat().st_mtime)[:-keep + 1]:
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=workdir)) / name
 
 
 class Service:
@@ -172,7 +184,7 @@ class Service:
         return photo, out, f"{what} in {time.perf_counter() - t0:.1f} s ({image.shape[1]}x{image.shape[0]})"
 
     def _out_path(self, name: str) -> Path:
-        return Path(tempfile.mkdtemp(dir=self.workdir)) / name
+        return result_path(self.workdir, name)
 
 
 def build_page(service: Service, max_upload_mb: float) -> Any:
@@ -181,7 +193,7 @@ def build_page(service: Service, max_upload_mb: float) -> Any:
 
     modes = [UPSCALE] + ([FACES] if service.face_reason is None else [])
     m = service.model
-    with gr.Blocks(title="GLEAN super-resolution") as page:
+    with gr.Blocks(title="GLEAN super-resolution", delete_cache=(UPLOAD_AGE_S, UPLOAD_AGE_S)) as page:
         gr.Markdown(f"## GLEAN super-resolution\nModel: {m.in_size}x{m.in_size} -> {m.out_size}x{m.out_size}. "
                     f"Upload a picture (at most {max_upload_mb:g} MB, {service.max_side} px on a side).")
         with gr.Row():

@@ -204,3 +204,12 @@ def test_upload_checks(tmp_path):
     assert app.face_factor((512, 512, 3), 64, 1024, 4096) == 8
     assert app.face_factor((100, 200, 3), 64, 1024, 4096) == 16
     assert app.face_factor((5000, 100, 3), 64, 1024, 4096) == 1
+
+
+def test_results_on_disk_are_bounded(tmp_path):
+    made = []
+    for i in range(7):
+        made.append(app.result_path(tmp_path, f"r{i}.png", keep=3))
+        made[-1].write_bytes(b"png")
+        os.utime(made[-1].parent, (i, i))   # distinct ages, oldest first
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(m.parent.name for m in made[-3:])
