@@ -9,7 +9,7 @@ Both take float32 NHWC input (N, in, in, 3) in [-1, 1] (mmagic's ``(x - 127.5) /
 float32 model output (N, out, out, 3); ``--dtype`` is the compute dtype inside (as ``upscale --dtype``). The batch
 size is fixed at export.
 
-* ``stablehlo``: the program of ``jax.jit(GLEAN.apply)``, exported with ``jax.export`` for ``--platforms`` (default
+* ``stablehlo``: the jitted program of ``GLEAN.apply``, exported with ``jax.export`` for ``--platforms`` (default
   cpu), with the weights as an **argument**, not baked in: one uncompressed ``.npz`` (zip) holding ``stablehlo`` (the
   ``Exported.serialize()`` bytes), ``meta`` (JSON) and the float32 weights ``w0000``, ``w0001``, ... in the order the
   program takes them. Baking them in would make the program itself hold ~0.6 GB of MLIR constants, which XLA then
