@@ -137,6 +137,7 @@ def test_upscale_in_the_browser_equals_the_cli(server, browser, model_dir, tmp_p
 
 
 @pytest.mark.browser
+@pytest.mark.slow   # the page's face mode; the faces CLI itself and the page's upscale flow are in the default run
 def test_face_restoration_in_the_browser_equals_the_cli(server, browser, model_dir, tmp_path):
     """Restore faces: the astronaut's face found, restored by the (16 -> 64) model, pasted into the photo upscaled
     x4 (the model's factor; 512 x 4 is within --max-side): the PNG that python -m glean_jax.faces writes."""
