@@ -21,6 +21,7 @@ from glean_jax.arch import GleanArch
 from glean_jax.checkpoint import save_model
 from glean_jax.errors import run_cli
 from glean_jax.models.build import build_glean, variable_shapes
+from tests.tolerances import assert_parity
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = GleanArch(16, 64, rrdb_channels=16, num_rrdbs=2, style_channels=32, channel_multiplier=1)
@@ -215,9 +216,15 @@ def test_full_geometries(tmp_path, geometry):
     export.write_stablehlo(tmp_path / "m.npz", blob, weights, {"in_size": arch.in_size, "out_size": arch.out_size,
                                                                "batch": 1})
     err_hlo = np.abs(StableHLOModel(tmp_path / "m.npz")(x) - ref).max()
-    err_onnx = np.abs(onnx_run(export.export_onnx(module, v, 1), x) - ref).max()
-    print(f"\nGLEAN {geometry}: StableHLO {err_hlo:.2e}, ONNX {err_onnx:.2e} (output std {ref.std():.2f})")
-    assert err_hlo <= TOL_STABLEHLO and err_onnx <= TOL_ONNX
+    onnx_out = onnx_run(export.export_onnx(module, v, 1), x)
+    err_onnx = np.abs(onnx_out - ref).max()
+    print(f"\nGLEAN {geometry}: StableHLO {err_hlo:.2e}, ONNX {err_onnx:.2e} (output std {ref.std():.2f}, "
+          f"max {np.abs(ref).max():.1f})")
+    # Random weights at the full depth give outputs of std ~40 (the released ones stay in [-1, 1]): onnxruntime's
+    # float32 summation order then differs by more than 1e-4 in absolute terms, so ONNX is held to the parity rule
+    # of every other float32 comparison here, max|d| / max|ref| <= 3e-5 (tests/tolerances.py).
+    assert err_hlo <= TOL_STABLEHLO
+    assert_parity(onnx_out, ref, f"ONNX {geometry}")
 
 
 @pytest.mark.slow
