@@ -44,6 +44,7 @@ import numpy as np
 from glean_jax import zoo
 from glean_jax.checkpoint import glean_geometry
 from glean_jax.errors import UserError, cli_entry, positive_int
+from glean_jax.images import check_output_file
 
 FORMATS = ("onnx", "stablehlo")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -250,18 +251,6 @@ def check_request(fmt: str, dtype: str, batch: Any, platforms: Sequence[str]) ->
         raise UserError("--platforms is for --format stablehlo; an ONNX model names no platform")
 
 
-def check_output(output: str | os.PathLike) -> Path:
-    """The output file; one line when it cannot be written (a folder, a missing or read-only folder)."""
-    out = Path(output)
-    if out.is_dir():
-        raise UserError(f"--output {out}: is a folder; expected a file name")
-    if not out.parent.is_dir():
-        raise UserError(f"--output {out}: folder {out.parent} does not exist; expected an existing folder")
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"--output {out}: folder {out.parent} is not writable")
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from glean_jax import runtime
 
@@ -273,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(args: argparse.Namespace) -> int:
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     check_request(args.format, args.dtype, args.batch_size, platforms)
-    out = check_output(args.output)
+    out = check_output_file(args.output, "--output")
     if args.format == "onnx":
         try:
             import jax2onnx  # noqa: F401

@@ -35,6 +35,7 @@ import numpy as np
 from glean_jax import zoo
 from glean_jax.arch import num_latents as arch_num_latents
 from glean_jax.errors import UserError, cli_entry
+from glean_jax.images import check_output_file
 
 MAX_SEED = 2 ** 32 - 1  # np.random.RandomState accepts seeds in [0, 2**32)
 MAX_IMAGES = 100_000
@@ -154,22 +155,6 @@ def _check_bank(ckpt_dir: str | os.PathLike, arch: dict, bank: dict) -> None:
     expected = variable_shapes("stylegan2_generator", build_generator(arch))
     check_variables(bank, expected, str(ckpt_dir), f"a StyleGAN2 generator {arch['out_size']}x{arch['out_size']} "
                     f"with {arch.get('style_channels', 512)} style channels as model.json describes it")
-
-
-def _check_output(path: str, flag: str, suffix: str) -> Path:
-    p = Path(path)
-    if p.suffix.lower() != suffix:
-        raise UserError(f"{flag} {p}: expected a {suffix} file name")
-    if p.is_dir():
-        raise UserError(f"{flag} {p}: is a directory; expected a {suffix} file name")
-    parent = p.parent
-    if not parent.exists():
-        raise UserError(f"{flag} {p}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise UserError(f"{flag} {p}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {p}: cannot write to {parent} (permission denied)")
-    return p
 
 
 _COMPILED: dict = {}   # (arch, dtype, what, shape, noise) -> compiled function, reused within a process
@@ -295,8 +280,8 @@ def main(argv: Sequence[str]) -> int:
         raise UserError(f"--noise-seed {args.noise_seed}: expected an integer in 0..{MAX_SEED}")
     seeds = parse_seeds(args.seeds if args.seeds is not None else "0-15") \
         if args.z is None and args.w_plus is None else None
-    out = _check_output(args.out, "--out", ".png")
-    raw = _check_output(args.save_raw, "--save-raw", ".npy") if args.save_raw else None
+    out = check_output_file(args.out, "--out", ".png")
+    raw = check_output_file(args.save_raw, "--save-raw", ".npy") if args.save_raw else None
     if raw is not None and raw.resolve() == out.resolve():
         raise UserError(f"--save-raw {raw}: same file as --out")
     from glean_jax import runtime

@@ -114,6 +114,24 @@ def normalize(img_uint8: np.ndarray) -> np.ndarray:
     return (np.asarray(img_uint8, np.float32) - 127.5) / 127.5
 
 
+def check_output_file(path: str | os.PathLike, flag: str, suffix: str | None = None) -> Path:
+    """The output file a command was given, checked before any work: one line when it has the wrong suffix, is a
+    folder, or its folder is missing or not writable."""
+    p = Path(path)
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise UserError(f"{flag} {p}: expected a {suffix} file name")
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a folder; expected a file name")
+    parent = p.parent
+    if not parent.exists():
+        raise UserError(f"{flag} {p}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UserError(f"{flag} {p}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {p}: cannot write to {parent} (permission denied)")
+    return p
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(data))
